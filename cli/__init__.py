@@ -1,0 +1,1 @@
+"""qrr.cli: the `qrr` and `qrr-export` commands."""

@@ -1,0 +1,221 @@
+"""`qrr` (export, validate, rerank, standin) and `qrr-export`.
+
+Every user error ends in one line on stderr and exit code 2; a failed validation gate exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from qrr.runtime.errors import QrrError
+from qrr.runtime.prompt import DEFAULT_MAX_LENGTH
+
+EXPORT_EXTRA = "this command needs the export extra (torch, transformers, onnx): pip install 'qrr[export]'"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return value
+
+
+def _add_export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="a local checkpoint folder, or a hub id such as Qwen/Qwen3-Reranker-0.6B")
+    p.add_argument("-o", "--output", required=True, type=Path, help="the artifact folder to create (must be new or empty)")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="graph format (default: onnx)")
+    p.add_argument("--quant", choices=["none", "int8"], default="none",
+                   help="weights: none = fp32, int8 = weight-only 8-bit (default: none)")
+    p.add_argument("--max-drop", type=_positive_float, default=None,
+                   help="largest allowed |ΔP(yes)| of any evaluation pair vs the PyTorch reference "
+                        "(default: 0.001 for fp32, 0.03 for int8)")
+    p.add_argument("--no-validate", action="store_true", help="skip validation against the PyTorch reference")
+    p.add_argument("--max-length", type=_positive_int, default=DEFAULT_MAX_LENGTH,
+                   help=f"tokens per pair, prompt included; longer documents are truncated (default: {DEFAULT_MAX_LENGTH})")
+    p.add_argument("--data", type=Path, default=None,
+                   help="evaluation pairs as JSON Lines {query, document, label?} (default: the built-in set)")
+    p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) of a hub id")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+
+def _export(args: argparse.Namespace) -> int:
+    try:
+        from qrr.export import ValidationError, export_onnx
+        from qrr.export.progress import Progress
+    except ImportError:
+        raise QrrError(EXPORT_EXTRA) from None
+    try:
+        export_onnx(
+            args.source,
+            args.output,
+            quant=args.quant,
+            max_length=args.max_length,
+            validate=not args.no_validate,
+            max_drop=args.max_drop,
+            data=args.data,
+            revision=args.revision,
+            progress=Progress(enabled=not args.quiet),
+        )
+    except ValidationError as exc:
+        print(f"qrr: {exc} (the artifact and its validation.json are kept in {args.output})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    try:
+        from qrr.export import ValidationError, validate_artifact
+        from qrr.export.progress import Progress
+        from qrr.export.validate import format_report
+    except ImportError:
+        raise QrrError(EXPORT_EXTRA) from None
+    progress = Progress(enabled=not args.json)
+    try:
+        report = validate_artifact(
+            args.artifact, args.reference, data=args.data, max_drop=args.max_drop, threads=args.threads,
+            log=progress.log,
+        )
+    except ValidationError as exc:
+        print(f"qrr: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_report(report))
+    return 0
+
+
+def read_documents(source: str) -> list[str]:
+    """Documents one per line, or JSON Lines of strings / {"text": …} / {"document": …}; '-' is stdin."""
+    if source == "-":
+        text = sys.stdin.read()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise QrrError(f"documents file not found: {source}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise QrrError(f"{source} is not UTF-8 text") from None
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines or not lines[0].lstrip().startswith(("{", '"')):
+        return lines
+    docs = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise QrrError(f"{source}, line {number}: the file looks like JSON Lines but this line is not JSON ({exc.msg})") from None
+        if isinstance(row, dict):
+            row = row.get("text", row.get("document"))
+        if not isinstance(row, str):
+            raise QrrError(f"{source}, line {number}: expected a JSON string or an object with a 'text' field")
+        docs.append(row)
+    return docs
+
+
+def _rerank(args: argparse.Namespace) -> int:
+    from qrr.runtime import Reranker
+
+    docs = read_documents(args.docs)
+    rr = Reranker(args.artifact, device=args.device, threads=args.threads, max_length=args.max_length)
+    results = rr.rerank(args.query, docs, top_k=args.top_k, instruction=args.instruction)
+    if args.json:
+        print(json.dumps({"query": args.query, "results": [r.__dict__ for r in results]}, ensure_ascii=False))
+        return 0
+    print(f"{'rank':>4}  {'score':>8}  {'index':>5}  document")
+    for rank, r in enumerate(results, 1):
+        flat = " ".join(r.document.split())
+        print(f"{rank:>4}  {r.score:8.5f}  {r.index:>5}  {flat[:100] + ('…' if len(flat) > 100 else '')}")
+    return 0
+
+
+def _standin(args: argparse.Namespace) -> int:
+    try:
+        from qrr.export.standin import make_standin
+    except ImportError:
+        raise QrrError(EXPORT_EXTRA) from None
+    if args.output.exists() and any(args.output.iterdir()):
+        raise QrrError(f"output folder {args.output} exists and is not empty; choose a new folder or remove it")
+    path = make_standin(args.output, shape=args.shape, tokenizer=args.tokenizer, seed=args.seed)
+    print(f"stand-in {args.shape} checkpoint (random weights) written to {path}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qrr", description="Qwen3-Reranker, fast and faithful on CPU.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("export", help="export a checkpoint to a validated artifact (same as qrr-export)")
+    _add_export_args(p)
+    p.set_defaults(run=_export)
+
+    p = sub.add_parser("validate", help="compare an artifact with the PyTorch reference: accuracy and speed")
+    p.add_argument("artifact", type=Path)
+    p.add_argument("--reference", required=True, help="the checkpoint the artifact came from (folder or hub id)")
+    p.add_argument("--data", type=Path, default=None, help="JSON Lines {query, document, label?} (default: built-in set)")
+    p.add_argument("--max-drop", type=_positive_float, default=None, help="largest allowed |ΔP(yes)|")
+    p.add_argument("--threads", type=_positive_int, default=None, help="threads for both (default: physical cores)")
+    p.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    p.set_defaults(run=_validate)
+
+    p = sub.add_parser("rerank", help="rank documents for a query with an artifact")
+    p.add_argument("artifact", type=Path)
+    p.add_argument("--query", required=True)
+    p.add_argument("--docs", required=True, help="a file of documents, one per line or JSON Lines; - for stdin")
+    p.add_argument("--top-k", type=_positive_int, default=None)
+    p.add_argument("--instruction", default=None, help="task instruction (default: the model card's web search one)")
+    p.add_argument("--max-length", type=_positive_int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or dml (default: cpu)")
+    p.add_argument("--threads", type=_positive_int, default=None)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=_rerank)
+
+    p = sub.add_parser("standin", help="write a random-weight Qwen3 checkpoint of a published shape (offline demos)")
+    p.add_argument("-o", "--output", required=True, type=Path)
+    p.add_argument("--shape", choices=["tiny", "0.6b", "4b", "8b"], default="tiny")
+    p.add_argument("--tokenizer", type=Path, default=None, help="folder with a Qwen3 tokenizer.json (default: a generated one)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_standin)
+    return parser
+
+
+def _dispatch(args: argparse.Namespace, prog: str) -> int:
+    try:
+        return args.run(args)
+    except QrrError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return _dispatch(args, "qrr")
+
+
+def export_main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="qrr-export", description="Export a Qwen3-Reranker checkpoint to a validated artifact.")
+    _add_export_args(parser)
+    parser.set_defaults(run=_export)
+    return _dispatch(parser.parse_args(argv), "qrr-export")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Find a checkpoint (local folder or hub id), check it is a Qwen3 reranker, load it."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qrr.runtime.errors import QrrError
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
+
+
+class CheckpointError(QrrError):
+    """The source is missing, unreachable, or not a Qwen3 reranker checkpoint."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    source: str  # what the user gave: a folder or a hub id
+    path: Path  # the local folder holding config.json, weights and tokenizer
+    revision: str | None  # the hub commit, when downloaded
+    config: dict[str, Any]
+
+
+def resolve(source: str, revision: str | None = None) -> Checkpoint:
+    """A local folder as it is, or a hub id downloaded into the usual Hugging Face cache."""
+    local = Path(source).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise CheckpointError(f"{source} is a file; give the checkpoint folder that holds config.json")
+        return Checkpoint(source, local, revision, read_config(local))
+    if not HUB_ID.match(source):
+        raise CheckpointError(
+            f"checkpoint not found: {source!r} is neither a local folder nor a hub id such as Qwen/Qwen3-Reranker-0.6B"
+        )
+    path = download(source, revision)
+    # snapshots/<commit>/ is the layout of the hub cache: the folder name is the resolved revision
+    return Checkpoint(source, path, path.name if revision is None else revision, read_config(path))
+
+
+def download(repo_id: str, revision: str | None) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CheckpointError("downloading from the hub needs huggingface_hub: pip install 'qrr[export]'") from None
+    try:
+        return Path(snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=HUB_FILES))
+    except Exception as exc:  # the hub client raises many types: offline, 404, gated, auth, disk
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(
+            f"cannot download {repo_id} from the Hugging Face hub ({type(exc).__name__}: {first}); "
+            "check the id and your network, or pass a local checkpoint folder"
+        ) from None
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"{path} has no config.json: not a Hugging Face checkpoint folder")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{config_file} is not valid JSON ({exc})") from None
+    model_type = config.get("model_type")
+    architectures = config.get("architectures") or ["Qwen3ForCausalLM"]
+    if model_type != "qwen3" or "Qwen3ForCausalLM" not in architectures:
+        raise CheckpointError(
+            f"{path} is a {model_type or 'unknown'} checkpoint ({', '.join(architectures)}), not a Qwen3 causal LM; "
+            "qrr exports Qwen3-Reranker checkpoints (model_type qwen3, Qwen3ForCausalLM)"
+        )
+    if config.get("use_sliding_window"):
+        raise CheckpointError(f"{path} enables sliding-window attention; Qwen3-Reranker checkpoints do not")
+    return config
+
+
+def load_tokenizer(checkpoint: Checkpoint, padding_side: str = "left"):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint.path, padding_side=padding_side)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"cannot load the tokenizer of {checkpoint.source}: {first}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise CheckpointError(f"{checkpoint.source} has no fast tokenizer (tokenizer.json); qrr needs one")
+    return tokenizer
+
+
+def yes_no_ids(tokenizer, source: str) -> tuple[int, int]:
+    """The ids of the single tokens 'yes' and 'no' (9693 and 2152 in Qwen3's vocabulary)."""
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in ("yes", "no") if t not in vocab]
+    if missing:
+        raise CheckpointError(
+            f"the tokenizer of {source} has no {' or '.join(repr(t) for t in missing)} token; "
+            "a Qwen3 reranker scores with the single tokens 'yes' and 'no'"
+        )
+    return vocab["yes"], vocab["no"]
+
+
+def load_model(checkpoint: Checkpoint, attn_implementation: str | None = None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(checkpoint.path, **kwargs)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"cannot load the weights of {checkpoint.source}: {first}") from None
+    return model.eval()

@@ -1,0 +1,51 @@
+"""The model card's recipe, as published, in fp32 with transformers: the reference every artifact is held to."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+from qrr.runtime.prompt import DEFAULT_MAX_LENGTH, PREFIX, SUFFIX, TEMPLATE, DEFAULT_INSTRUCTION
+
+from .checkpoint import Checkpoint, load_model, load_tokenizer, yes_no_ids
+
+
+class ReferenceScorer:
+    """Qwen3-Reranker's transformers example: left padding, truncation='longest_first', P(yes) from logits."""
+
+    def __init__(self, checkpoint: Checkpoint, *, max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 8) -> None:
+        self.tokenizer = load_tokenizer(checkpoint, padding_side="left")
+        self.model = load_model(checkpoint)
+        self.yes_id, self.no_id = yes_no_ids(self.tokenizer, checkpoint.source)
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.prefix_tokens = self.tokenizer.encode(PREFIX, add_special_tokens=False)
+        self.suffix_tokens = self.tokenizer.encode(SUFFIX, add_special_tokens=False)
+
+    def process_inputs(self, texts: Sequence[str]):
+        inputs = self.tokenizer(
+            list(texts),
+            padding=False,
+            truncation="longest_first",
+            return_attention_mask=False,
+            max_length=self.max_length - len(self.prefix_tokens) - len(self.suffix_tokens),
+        )
+        for i, ele in enumerate(inputs["input_ids"]):
+            inputs["input_ids"][i] = self.prefix_tokens + ele + self.suffix_tokens
+        with warnings.catch_warnings():  # the recipe passes max_length to pad(), which transformers warns is unused
+            warnings.simplefilter("ignore", UserWarning)
+            return self.tokenizer.pad(inputs, padding=True, return_tensors="pt", max_length=self.max_length)
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], instruction: str | None = None) -> list[float]:
+        import torch
+
+        instruction = DEFAULT_INSTRUCTION if instruction is None else instruction
+        texts = [TEMPLATE.format(instruction=instruction, query=q, document=d) for q, d in pairs]
+        scores: list[float] = []
+        with torch.no_grad():
+            for start in range(0, len(texts), self.batch_size):
+                inputs = self.process_inputs(texts[start : start + self.batch_size])
+                batch_scores = self.model(**inputs).logits[:, -1, :]
+                stacked = torch.stack([batch_scores[:, self.no_id], batch_scores[:, self.yes_id]], dim=1)
+                scores += torch.nn.functional.log_softmax(stacked, dim=1)[:, 1].exp().tolist()
+        return scores

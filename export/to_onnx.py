@@ -1,0 +1,177 @@
+"""export_onnx: checkpoint → scoring graph in ONNX (fp32 or int8) → validated artifact folder."""
+
+from __future__ import annotations
+
+import gc
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from qrr.runtime.errors import QrrError
+from qrr.runtime.manifest import FORMAT_VERSION, MANIFEST_NAME, file_sizes, qrr_version, write_json
+from qrr.runtime.prompt import DEFAULT_INSTRUCTION, DEFAULT_MAX_LENGTH, PREFIX, SUFFIX, TEMPLATE
+
+from .checkpoint import Checkpoint, load_model, load_tokenizer, resolve, yes_no_ids
+from .graph import INPUT_NAMES, OUTPUT_NAMES, ScoringModule
+from .progress import Progress
+
+QUANT_CHOICES = ("none", "int8")
+OPSET = 17
+TOKENIZER_FILE = "tokenizer.json"
+MODEL_FILE = "model.onnx"
+
+
+def export_onnx(
+    source: str,
+    out_dir: str | Path,
+    *,
+    quant: str = "none",
+    max_length: int = DEFAULT_MAX_LENGTH,
+    validate: bool = True,
+    max_drop: float | None = None,
+    data: str | Path | None = None,
+    revision: str | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Export `source` (a checkpoint folder or hub id) into the artifact folder `out_dir`.
+
+    Returns the manifest. With `validate`, runs the built-in evaluation (or `data`) against the model card's
+    fp32 recipe, stores validation.json, and raises ValidationError when max |ΔP| exceeds `max_drop`.
+    """
+    progress = progress or Progress()
+    if quant not in QUANT_CHOICES:
+        raise QrrError(f"unknown quant {quant!r}; choose one of {', '.join(QUANT_CHOICES)}")
+    if not isinstance(max_length, int) or max_length < 16:
+        raise QrrError(f"max_length must be an integer of at least 16, got {max_length!r}")
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise QrrError(f"output folder {out} exists and is not empty; choose a new folder or remove it")
+
+    with progress.step(f"resolving {source}"):
+        checkpoint = resolve(source, revision)
+        tokenizer = load_tokenizer(checkpoint)
+        yes_id, no_id = yes_no_ids(tokenizer, source)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
+            fp32_path = Path(tmp) / MODEL_FILE
+            with progress.step("loading the checkpoint in fp32"):
+                model = load_model(checkpoint, attn_implementation="eager")
+            with progress.step("tracing the scoring graph to ONNX"):
+                trace(model, yes_id, no_id, fp32_path)
+            del model
+            gc.collect()
+            if quant == "none":
+                with progress.step("saving the fp32 graph"):
+                    files = consolidate(fp32_path, out / MODEL_FILE)
+                precision, scheme = "fp32", None
+            else:
+                from qrr.quant import quantize_int8
+
+                with progress.step("quantizing to int8 (weight-only MatMulNBits, int8 embedding rows)"):
+                    scheme = quantize_int8(fp32_path, out / MODEL_FILE)
+                files = [MODEL_FILE, MODEL_FILE + ".data"]
+                precision = "int8"
+        tokenizer.backend_tokenizer.save(str(out / TOKENIZER_FILE))
+        manifest = build_manifest(checkpoint, tokenizer, yes_id, no_id, precision, scheme, max_length, out, files)
+        write_json(out / MANIFEST_NAME, manifest)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    progress.log(f"artifact written to {out} ({sum(manifest['files'].values()) / 2**20:.1f} MiB)")
+
+    if validate:
+        from .validate import format_report, summary, validate_artifact
+
+        with progress.step("validating against the PyTorch reference"):
+            report = validate_artifact(out, checkpoint.source, data=data, max_drop=max_drop, log=progress.log)
+        progress.log(format_report(report))
+        manifest["validation"] = summary(report)
+    progress.log(f"total {progress.total():.1f} s")
+    return manifest
+
+
+def trace(model, yes_id: int, no_id: int, path: Path) -> None:
+    import torch
+
+    module = ScoringModule(model, yes_id, no_id).eval()
+    ids = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 0]], dtype=torch.long)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.long)
+    positions = torch.arange(4).expand(2, 4).contiguous()
+    axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
+    axes[OUTPUT_NAMES[0]] = {0: "batch"}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # The TorchScript exporter (dynamo=False) keeps batch and sequence dynamic through the mask arithmetic.
+        torch.onnx.export(
+            module,
+            (ids, mask, positions),
+            str(path),
+            dynamo=False,
+            input_names=INPUT_NAMES,
+            output_names=OUTPUT_NAMES,
+            dynamic_axes=axes,
+            opset_version=OPSET,
+        )
+
+
+def consolidate(src: Path, dst: Path) -> list[str]:
+    """Re-save a traced graph with its weights in one external file (the exporter may scatter them)."""
+    import onnx
+
+    from qrr.quant import save_model
+
+    return save_model(onnx.load(str(src)), dst)
+
+
+def build_manifest(
+    checkpoint: Checkpoint,
+    tokenizer,
+    yes_id: int,
+    no_id: int,
+    precision: str,
+    scheme: dict[str, Any] | None,
+    max_length: int,
+    out: Path,
+    model_files: list[str],
+) -> dict[str, Any]:
+    cfg = checkpoint.config
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return {
+        "format_version": FORMAT_VERSION,
+        "qrr_version": qrr_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "format": "onnx",
+        "precision": precision,
+        "quantization": scheme,
+        "model_file": MODEL_FILE,
+        "tokenizer_file": TOKENIZER_FILE,
+        "opset": OPSET,
+        "inputs": list(INPUT_NAMES),
+        "outputs": list(OUTPUT_NAMES),
+        "padding": "right",
+        "score": "P(yes) = sigmoid(score_logit), score_logit = h_last · (W[yes] − W[no]) in fp32",
+        "yes_token_id": yes_id,
+        "no_token_id": no_id,
+        "pad_token_id": int(pad if pad is not None else 0),
+        "prompt": {
+            "prefix": PREFIX,
+            "suffix": SUFFIX,
+            "template": TEMPLATE,
+            "default_instruction": DEFAULT_INSTRUCTION,
+        },
+        "max_length": max_length,
+        "source": {
+            "checkpoint": checkpoint.source,
+            "revision": checkpoint.revision,
+            "model_type": cfg.get("model_type"),
+            "hidden_size": cfg.get("hidden_size"),
+            "num_hidden_layers": cfg.get("num_hidden_layers"),
+            "vocab_size": cfg.get("vocab_size"),
+        },
+        "files": file_sizes(out, [*model_files, TOKENIZER_FILE]),
+        "validation": None,
+    }

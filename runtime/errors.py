@@ -1,0 +1,17 @@
+"""Errors the user can act on. Each message says what was wrong and what to do."""
+
+
+class QrrError(Exception):
+    """Base class of every error qrr raises on purpose."""
+
+
+class ArtifactError(QrrError):
+    """The artifact folder is missing, incomplete, corrupted or from a newer qrr."""
+
+
+class InputError(QrrError, ValueError):
+    """A query, document or option given to the runtime is not usable."""
+
+
+class DeviceError(QrrError):
+    """The requested device has no execution provider in this installation."""

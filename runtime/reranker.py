@@ -1,0 +1,226 @@
+"""The lean scorer: tokenizer → length-sorted batches → onnxruntime session → P(yes)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ArtifactError, DeviceError, InputError
+from .manifest import load_manifest
+from .prompt import PromptTokenizer, _first_line, check_documents, check_text
+
+# Padded tokens per batch: enough to keep the GEMMs large, small enough to bound activation memory.
+DEFAULT_BATCH_TOKENS = 8192
+MAX_BATCH = 64
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    index: int
+    score: float
+    document: str
+
+
+def physical_cores() -> int:
+    try:
+        import psutil
+
+        cores = psutil.cpu_count(logical=False)
+    except ImportError:
+        cores = None
+    return cores or os.cpu_count() or 1
+
+
+_PROVIDERS = {
+    "cpu": ("CPUExecutionProvider", None),
+    "cuda": ("CUDAExecutionProvider", "pip uninstall -y onnxruntime && pip install onnxruntime-gpu"),
+    "dml": ("DmlExecutionProvider", "pip uninstall -y onnxruntime && pip install onnxruntime-directml"),
+}
+
+
+def _provider_for(device: str) -> tuple[str, dict[str, Any]]:
+    if not isinstance(device, str):
+        raise InputError(f"device must be a string such as 'cpu' or 'cuda:0', got {type(device).__name__}")
+    match = re.fullmatch(r"(cpu|cuda|dml)(?::(\d+))?", device.strip().lower())
+    if not match:
+        raise InputError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'dml'")
+    kind, index = match.group(1), match.group(2)
+    if kind == "cpu" and index is not None:
+        raise InputError(f"unknown device {device!r}; the CPU device takes no index, use 'cpu'")
+    options = {"device_id": int(index)} if index is not None else {}
+    return kind, options
+
+
+class Reranker:
+    """Scores documents against a query with an exported qrr artifact.
+
+    >>> rr = Reranker("qwen3-rr-0.6b-int8")
+    >>> rr.score("what is the capital of China?", ["The capital of China is Beijing.", "Gravity is a force."])
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        device: str = "cpu",
+        threads: int | None = None,
+        *,
+        max_length: int | None = None,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    ) -> None:
+        self.path = Path(path)
+        self.manifest = load_manifest(self.path)
+        m = self.manifest
+        if max_length is None:
+            max_length = int(m["max_length"])
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+            raise InputError(f"max_length must be a positive integer, got {max_length!r}")
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+            raise InputError(f"threads must be a positive integer or None, got {threads!r}")
+        if not isinstance(batch_tokens, int) or batch_tokens < 1:
+            raise InputError(f"batch_tokens must be a positive integer, got {batch_tokens!r}")
+        prompt = m["prompt"]
+        self.tokenizer = PromptTokenizer(
+            self.path / m["tokenizer_file"],
+            prefix=prompt["prefix"],
+            suffix=prompt["suffix"],
+            template=prompt["template"],
+            default_instruction=prompt["default_instruction"],
+            max_length=max_length,
+        )
+        self.max_length = max_length
+        self.batch_tokens = batch_tokens
+        self.pad_token_id = int(m["pad_token_id"])
+        self.device = device
+        self.threads = threads or physical_cores()
+        self.session = self._open_session(device)
+        self._input_names = [i.name for i in self.session.get_inputs()]
+        expected = list(m["inputs"])
+        if sorted(self._input_names) != sorted(expected):
+            raise ArtifactError(
+                f"{self.path}: the model's inputs {self._input_names} differ from the manifest's {expected}; "
+                "re-export the artifact"
+            )
+        self._output_name = m["outputs"][0]
+
+    # -- public API ---------------------------------------------------------------------------------------
+
+    def score(self, query: str, documents: Sequence[str], *, instruction: str | None = None) -> list[float]:
+        """P(yes) for each document, in input order."""
+        check_text(query, "query")
+        docs = check_documents(documents)
+        return self.score_pairs([(query, d) for d in docs], instruction=instruction)
+
+    def score_pairs(
+        self, pairs: Iterable[tuple[str, str]], *, instruction: str | None = None
+    ) -> list[float]:
+        """P(yes) for each (query, document) pair, in input order; queries may differ."""
+        if instruction is not None:
+            check_text(instruction, "instruction")
+        checked = []
+        for i, pair in enumerate(pairs):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise InputError(f"pairs[{i}] must be a (query, document) tuple, got {type(pair).__name__}")
+            checked.append((check_text(pair[0], f"pairs[{i}][0] (query)"), check_text(pair[1], f"pairs[{i}][1] (document)")))
+        if not checked:
+            return []
+        ids = self.tokenizer.encode(checked, instruction)
+        return self.score_ids(ids).tolist()
+
+    def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_k: int | None = None,
+        instruction: str | None = None,
+    ) -> list[RerankResult]:
+        """Documents sorted by P(yes), best first; the first `top_k` when given."""
+        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0):
+            raise InputError(f"top_k must be a non-negative integer or None, got {top_k!r}")
+        docs = check_documents(documents)
+        scores = self.score(query, docs, instruction=instruction)
+        order = sorted(range(len(docs)), key=lambda i: (-scores[i], i))
+        if top_k is not None:
+            order = order[:top_k]
+        return [RerankResult(i, scores[i], docs[i]) for i in order]
+
+    def score_ids(self, sequences: list[list[int]]) -> np.ndarray:
+        """P(yes) for already tokenized prompts, in input order."""
+        logits = np.empty(len(sequences), dtype=np.float32)
+        for batch in plan_batches([len(s) for s in sequences], self.batch_tokens):
+            logits[batch] = self._run([sequences[i] for i in batch])
+        return sigmoid(logits)
+
+    # -- internals -----------------------------------------------------------------------------------------
+
+    def _run(self, sequences: list[list[int]]) -> np.ndarray:
+        width = max(len(s) for s in sequences)
+        input_ids = np.full((len(sequences), width), self.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(sequences), width), dtype=np.int64)
+        for row, seq in enumerate(sequences):
+            input_ids[row, : len(seq)] = seq
+            mask[row, : len(seq)] = 1
+        # Right padding: every row's real tokens sit at positions 0..len-1, as in the unpadded pair.
+        position_ids = np.broadcast_to(np.arange(width, dtype=np.int64), (len(sequences), width))
+        feeds = {"input_ids": input_ids, "attention_mask": mask, "position_ids": np.ascontiguousarray(position_ids)}
+        (out,) = self.session.run([self._output_name], {name: feeds[name] for name in self._input_names})
+        return out.astype(np.float32).reshape(-1)
+
+    def _open_session(self, device: str):
+        import onnxruntime as ort
+
+        kind, options = _provider_for(device)
+        provider, install = _PROVIDERS[kind]
+        available = ort.get_available_providers()
+        if provider not in available:
+            raise DeviceError(
+                f"device {device!r} needs onnxruntime's {provider}, which this installation lacks "
+                f"(available: {', '.join(available)}); install it with: {install}"
+            )
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        providers: list[Any] = [(provider, options)] if options else [provider]
+        if provider != "CPUExecutionProvider":
+            providers.append("CPUExecutionProvider")
+        model = self.path / self.manifest["model_file"]
+        try:
+            return ort.InferenceSession(str(model), sess_options=so, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for every load failure
+            raise ArtifactError(
+                f"onnxruntime cannot load {model}: {_first_line(exc)}; the artifact may be corrupted, re-export it"
+            ) from None
+
+
+def plan_batches(lengths: Sequence[int], batch_tokens: int, max_batch: int = MAX_BATCH) -> list[list[int]]:
+    """Group indices by length so that padded tokens per batch stay under `batch_tokens`.
+
+    Sorting by length means a batch pads only to its own longest member; a single sequence longer than the
+    budget still gets a batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        # lengths ascend, so the padded width of the batch is the new member's length
+        if current and ((len(current) + 1) * lengths[i] > batch_tokens or len(current) >= max_batch):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """P(yes) = softmax([logit_no, logit_yes])[1] = sigmoid(logit_yes - logit_no), overflow-free."""
+    return np.exp(-np.logaddexp(0.0, -x.astype(np.float64)))

@@ -1,0 +1,75 @@
+"""Shared fixtures: a tiny Qwen3 stand-in checkpoint, exported once per session at fp32 and int8.
+
+Everything is built in-process from code in this repository: no network, no ../shared.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+QWEN3_TOKENIZER = os.environ.get("QRR_QWEN3_TOKENIZER")  # the real tokenizer folder, for optional checks
+
+
+def needs_export():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="session")
+def standin(tmp_path_factory) -> Path:
+    needs_export()
+    from qrr.export.standin import make_standin
+
+    # init_std 0.2 spreads the scores of a random model so that rankings are not near-ties
+    return make_standin(tmp_path_factory.mktemp("ckpt") / "tiny", shape="tiny", seed=0, init_std=0.2)
+
+
+def _export(tmp_path_factory, standin: Path, quant: str) -> Path:
+    from qrr.export import export_onnx
+    from qrr.export.progress import Progress
+
+    out = tmp_path_factory.mktemp(f"artifact-{quant}") / "artifact"
+    export_onnx(str(standin), out, quant=quant, validate=False, progress=Progress(enabled=False))
+    return out
+
+
+@pytest.fixture(scope="session")
+def fp32_artifact(tmp_path_factory, standin) -> Path:
+    return _export(tmp_path_factory, standin, "none")
+
+
+@pytest.fixture(scope="session")
+def int8_artifact(tmp_path_factory, standin) -> Path:
+    return _export(tmp_path_factory, standin, "int8")
+
+
+@pytest.fixture
+def artifact_copy(tmp_path, fp32_artifact) -> Path:
+    """A per-test copy of the fp32 artifact that the test may damage."""
+    return Path(shutil.copytree(fp32_artifact, tmp_path / "artifact"))
+
+
+@pytest.fixture(scope="session")
+def reference(standin):
+    from qrr.export.checkpoint import resolve
+    from qrr.export.reference import ReferenceScorer
+
+    return ReferenceScorer(resolve(str(standin)))
+
+
+QUERY = "what is the capital of China?"
+DOCS = [
+    "The capital of China is Beijing.",
+    "Gravity is a force that attracts two bodies towards each other.",
+    "",
+    "北京是中华人民共和国的首都，也是全国的政治和文化中心。",
+    "Paris est la capitale de la France. 🇫🇷 Ça va?",
+    "def capital(country):\n    return {'China': 'Beijing'}[country]\n",
+    " ".join(["Beijing has been the capital for centuries, and its history is long."] * 40),
+    "yes",
+]

@@ -1,0 +1,99 @@
+"""The `qrr` and `qrr-export` commands, driven through main(argv)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from conftest import DOCS, QUERY
+
+from qrr.cli.main import export_main, main
+from qrr.runtime import Reranker
+
+
+@pytest.fixture
+def docs_file(tmp_path):
+    path = tmp_path / "docs.txt"
+    path.write_text("\n".join(d.replace("\n", " ") for d in DOCS if d) + "\n", encoding="utf-8")
+    return path
+
+
+def test_rerank_table(fp32_artifact, docs_file, capsys):
+    assert main(["rerank", str(fp32_artifact), "--query", QUERY, "--docs", str(docs_file), "--top-k", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["rank", "score", "index", "document"] and len(lines) == 4
+
+
+def test_rerank_json_from_stdin_jsonl(fp32_artifact, monkeypatch, capsys):
+    docs = ["The capital of China is Beijing.", "Gravity is a force."]
+    stdin = "\n".join(json.dumps({"text": d}) for d in docs)
+    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    assert main(["rerank", str(fp32_artifact), "--query", QUERY, "--docs", "-", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    expected = Reranker(fp32_artifact).score(QUERY, docs)
+    by_index = {r["index"]: r["score"] for r in out["results"]}
+    assert by_index == pytest.approx(dict(enumerate(expected)), abs=1e-9)
+    assert [r["score"] for r in out["results"]] == sorted(by_index.values(), reverse=True)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["rerank", "/no/such/artifact", "--query", "q", "--docs", "-"], "artifact folder not found"),
+        (["rerank", "ARTIFACT", "--query", "q", "--docs", "/no/such/file"], "documents file not found"),
+        (["rerank", "ARTIFACT", "--query", "q", "--docs", "-", "--device", "quantum"], "unknown device"),
+    ],
+)
+def test_user_errors_are_one_line(fp32_artifact, argv, message, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("a doc\n"))
+    argv = [str(fp32_artifact) if a == "ARTIFACT" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("qrr: error:") and message in err and "\n" not in err
+
+
+def test_bad_jsonl_line(fp32_artifact, tmp_path, capsys):
+    bad = tmp_path / "docs.jsonl"
+    bad.write_text('{"text": "ok"}\n{"text": broken}\n')
+    assert main(["rerank", str(fp32_artifact), "--query", "q", "--docs", str(bad)]) == 2
+    assert "line 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["SRC", "-o", "out", "--quant", "int3"],
+        ["SRC", "-o", "out", "--format", "tflite"],
+        ["SRC", "--quant", "int8"],
+        ["SRC", "-o", "out", "--max-drop", "-1"],
+        ["SRC", "-o", "out", "--max-length", "zero"],
+        ["SRC", "-o", "out", "--colour"],
+    ],
+)
+def test_export_parser_refuses_unknown_values(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        export_main(argv)
+    assert e.value.code == 2
+    assert "usage: qrr-export" in capsys.readouterr().err
+
+
+def test_export_and_validate_commands(standin, tmp_path, capsys):
+    out = tmp_path / "art"
+    assert export_main([str(standin), "-o", str(out), "--quant", "int8"]) == 0
+    err = capsys.readouterr().err
+    for step in ("loading the checkpoint", "tracing", "quantizing", "validating", "max |ΔP|", "total"):
+        assert step in err
+    assert main(["validate", str(out), "--reference", str(standin), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] and report["precision"] == "int8"
+    assert main(["export", str(standin), "-o", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_validation_gate_exit_code(standin, fp32_artifact, tmp_path, capsys):
+    import shutil
+
+    art = shutil.copytree(fp32_artifact, tmp_path / "a")
+    assert main(["validate", str(art), "--reference", str(standin), "--max-drop", "1e-15"]) == 1
+    assert "fails validation" in capsys.readouterr().err

@@ -1,0 +1,131 @@
+"""Bad input and bad artifacts end in one clear QrrError, never a deep traceback or silent garbage."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import DOCS, QUERY
+
+from qrr.runtime import ArtifactError, DeviceError, InputError, Reranker
+from qrr.runtime.manifest import FORMAT_VERSION
+
+
+def one_line(exc_info) -> str:
+    text = str(exc_info.value)
+    assert "\n" not in text and text
+    return text
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(ArtifactError) as e:
+        Reranker(tmp_path / "nope")
+    assert "not found" in one_line(e)
+
+
+def test_folder_without_manifest(tmp_path):
+    with pytest.raises(ArtifactError) as e:
+        Reranker(tmp_path)
+    assert "qrr.json" in one_line(e)
+
+
+def test_corrupted_manifest(artifact_copy):
+    (artifact_copy / "qrr.json").write_text("{not json")
+    with pytest.raises(ArtifactError) as e:
+        Reranker(artifact_copy)
+    assert "corrupted" in one_line(e)
+
+
+def test_newer_manifest_version(artifact_copy):
+    path = artifact_copy / "qrr.json"
+    manifest = json.loads(path.read_text())
+    manifest["format_version"] = FORMAT_VERSION + 1
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError) as e:
+        Reranker(artifact_copy)
+    assert "newer qrr" in one_line(e) and "upgrade" in one_line(e)
+
+
+def test_manifest_missing_keys(artifact_copy):
+    path = artifact_copy / "qrr.json"
+    manifest = json.loads(path.read_text())
+    del manifest["prompt"]["suffix"], manifest["pad_token_id"]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError) as e:
+        Reranker(artifact_copy)
+    assert "pad_token_id" in one_line(e) and "prompt.suffix" in one_line(e)
+
+
+def test_missing_model_file(artifact_copy):
+    (artifact_copy / "model.onnx.data").unlink()
+    with pytest.raises(ArtifactError) as e:
+        Reranker(artifact_copy)
+    assert "missing" in one_line(e)
+
+
+def test_truncated_weights(artifact_copy):
+    data = artifact_copy / "model.onnx.data"
+    data.write_bytes(data.read_bytes()[:-100])
+    with pytest.raises(ArtifactError) as e:
+        Reranker(artifact_copy)
+    assert "corrupted" in one_line(e)
+
+
+def test_garbage_graph_of_the_right_size(artifact_copy):
+    graph = artifact_copy / "model.onnx"
+    graph.write_bytes(b"\x07" * graph.stat().st_size)
+    with pytest.raises(ArtifactError) as e:
+        Reranker(artifact_copy)
+    assert "onnxruntime cannot load" in one_line(e)
+
+
+def test_corrupted_tokenizer(artifact_copy):
+    tok = artifact_copy / "tokenizer.json"
+    size = tok.stat().st_size
+    tok.write_bytes(b"{" + b" " * (size - 1))
+    with pytest.raises(ArtifactError) as e:
+        Reranker(artifact_copy)
+    assert "tokenizer" in one_line(e)
+
+
+@pytest.fixture(scope="module")
+def rr(fp32_artifact):
+    return Reranker(fp32_artifact)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda rr: rr.score(42, DOCS), "query must be a string"),
+        (lambda rr: rr.score(QUERY, "just one string"), "single string"),
+        (lambda rr: rr.score(QUERY, ["ok", None]), "documents[1] must be a string, got NoneType"),
+        (lambda rr: rr.score(QUERY, 7), "documents must be a list"),
+        (lambda rr: rr.score_pairs([(QUERY,)]), "pairs[0] must be a (query, document)"),
+        (lambda rr: rr.score_pairs([(QUERY, b"bytes")]), "pairs[0][1] (document) must be a string"),
+        (lambda rr: rr.score(QUERY, DOCS, instruction=3), "instruction must be a string"),
+        (lambda rr: rr.rerank(QUERY, DOCS, top_k=-1), "top_k"),
+    ],
+)
+def test_bad_inputs(rr, call, message):
+    with pytest.raises(InputError) as e:
+        call(rr)
+    assert message in one_line(e)
+
+
+def test_bad_options(fp32_artifact):
+    with pytest.raises(InputError, match="unknown device"):
+        Reranker(fp32_artifact, device="tpu")
+    with pytest.raises(InputError, match="threads"):
+        Reranker(fp32_artifact, threads=0)
+    with pytest.raises(InputError, match="no room for a document"):
+        Reranker(fp32_artifact, max_length=10)
+
+
+def test_missing_provider_names_the_install(fp32_artifact):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(DeviceError) as e:
+        Reranker(fp32_artifact, device="cuda:0")
+    assert "onnxruntime-gpu" in one_line(e) and "CPUExecutionProvider" in one_line(e)

@@ -1,0 +1,163 @@
+"""export/: checkpoint checks, the hub path up to the network call, the graph, the manifest, validation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from conftest import needs_export
+
+needs_export()
+
+import onnx  # noqa: E402
+
+from qrr.export import CheckpointError, ValidationError, export_onnx, validate_artifact  # noqa: E402
+from qrr.export import checkpoint as ckpt  # noqa: E402
+from qrr.export.progress import Progress  # noqa: E402
+from qrr.runtime import load_manifest  # noqa: E402
+
+QUIET = Progress(enabled=False)
+
+
+def test_manifest_records_what_the_runtime_needs(fp32_artifact, standin):
+    m = load_manifest(fp32_artifact)
+    assert m["format"] == "onnx" and m["precision"] == "fp32" and m["quantization"] is None
+    assert m["inputs"] == ["input_ids", "attention_mask", "position_ids"] and m["outputs"] == ["score_logit"]
+    vocab = json.loads((standin / "tokenizer.json").read_text())["model"]["vocab"]
+    assert (m["yes_token_id"], m["no_token_id"]) == (vocab["yes"], vocab["no"])
+    assert m["prompt"]["template"] == "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"
+    assert m["max_length"] == 8192 and m["source"]["checkpoint"] == str(standin)
+    assert set(m["files"]) == {"model.onnx", "model.onnx.data", "tokenizer.json"}
+
+
+def test_graph_outputs_one_logit_per_sequence(fp32_artifact):
+    graph = onnx.load(str(fp32_artifact / "model.onnx"), load_external_data=False).graph
+    (output,) = graph.output
+    dims = [d.dim_param or d.dim_value for d in output.type.tensor_type.shape.dim]
+    assert output.name == "score_logit" and dims == ["batch"]
+    for inp in graph.input:
+        assert [d.dim_param for d in inp.type.tensor_type.shape.dim] == ["batch", "sequence"]
+
+
+def test_int8_graph_keeps_the_head_in_fp32(int8_artifact):
+    m = load_manifest(int8_artifact)
+    assert m["precision"] == "int8"
+    assert m["quantization"]["linear"]["op"] == "MatMulNBits" and m["quantization"]["linear"]["bits"] == 8
+    model = onnx.load(str(int8_artifact / "model.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert "MatMulNBits" in ops
+    inits = {t.name: t for t in model.graph.initializer}
+    # the remaining float MatMul is the score head: its weight a 1-D fp32 vector
+    heads = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+    assert len(heads) == 1 and inits[heads[0].input[1]].data_type == onnx.TensorProto.FLOAT
+    assert len(inits[heads[0].input[1]].dims) == 1
+    embedding = [t for t in model.graph.initializer if t.name.endswith("_int8")]
+    assert len(embedding) == 1 and embedding[0].data_type == onnx.TensorProto.INT8
+
+
+def test_int8_artifact_is_smaller(fp32_artifact, int8_artifact):
+    size = lambda a: sum(load_manifest(a)["files"].values())  # noqa: E731
+    assert size(int8_artifact) < 0.6 * size(fp32_artifact)
+
+
+def test_not_qwen3(tmp_path, standin):
+    bad = shutil.copytree(standin, tmp_path / "llama")
+    config = json.loads((bad / "config.json").read_text())
+    config["model_type"], config["architectures"] = "llama", ["LlamaForCausalLM"]
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="not a Qwen3 causal LM"):
+        export_onnx(str(bad), tmp_path / "out", progress=QUIET)
+    assert not (tmp_path / "out").exists()
+
+
+def test_tokenizer_without_yes_no(tmp_path, standin):
+    bad = shutil.copytree(standin, tmp_path / "noyes")
+    tok = json.loads((bad / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    vocab["yes_"] = vocab.pop("yes")
+    merges = [m.split(" ") if isinstance(m, str) else m for m in tok["model"]["merges"]]
+    tok["model"]["merges"] = [m for m in merges if "yes" not in (m[0], m[1], m[0] + m[1])]
+    (bad / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(CheckpointError, match="no 'yes' token"):
+        export_onnx(str(bad), tmp_path / "out", progress=QUIET)
+
+
+def test_missing_source_and_bad_output(tmp_path, standin):
+    with pytest.raises(CheckpointError, match="neither a local folder nor a hub id"):
+        export_onnx(str(tmp_path / "no" / "such" / "dir"), tmp_path / "out", progress=QUIET)
+    with pytest.raises(CheckpointError, match="no config.json"):
+        export_onnx(str(tmp_path), tmp_path / "out", progress=QUIET)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "x").write_text("x")
+    with pytest.raises(Exception, match="not empty"):
+        export_onnx(str(standin), busy, progress=QUIET)
+    with pytest.raises(Exception, match="unknown quant"):
+        export_onnx(str(standin), tmp_path / "q", quant="int3", progress=QUIET)
+
+
+def test_hub_id_is_downloaded_with_the_hub_client(monkeypatch, standin):
+    calls = []
+
+    def fake_snapshot_download(repo_id, revision=None, allow_patterns=None):
+        calls.append((repo_id, revision, allow_patterns))
+        return str(standin)
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    found = ckpt.resolve("Qwen/Qwen3-Reranker-0.6B", "main")
+    assert calls == [("Qwen/Qwen3-Reranker-0.6B", "main", ckpt.HUB_FILES)]
+    assert found.path == standin and found.revision == "main" and found.config["model_type"] == "qwen3"
+
+
+def test_hub_failure_is_one_clear_line(monkeypatch):
+    import huggingface_hub
+
+    def offline(**kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nmore details")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(CheckpointError) as e:
+        ckpt.resolve("Qwen/Qwen3-Reranker-0.6B")
+    assert "\n" not in str(e.value) and "cannot download Qwen/Qwen3-Reranker-0.6B" in str(e.value)
+
+
+def test_validation_report_and_gate(artifact_copy, standin):
+    report = validate_artifact(artifact_copy, str(standin))
+    m = report["metrics"]
+    assert report["passed"] and m["max_abs_dp"] < 1e-4 and m["top1_agreement"] == 1.0
+    assert m["pairs"] == 252 and m["queries"] == 36 and "labelled" in m
+    assert abs(m["labelled"]["ndcg10_drop_points"]) < 1e-6
+    for side in ("artifact", "reference"):
+        assert report["latency"][side]["ms_per_pair"] > 0 and report["latency"][side]["peak_rss_mib"] > 0
+    stored = load_manifest(artifact_copy)["validation"]
+    assert stored["passed"] and stored["max_abs_dp"] == m["max_abs_dp"]
+    assert json.loads((artifact_copy / "validation.json").read_text())["metrics"] == m
+
+    with pytest.raises(ValidationError, match="fails validation"):
+        validate_artifact(artifact_copy, str(standin), max_drop=1e-12)
+    assert load_manifest(artifact_copy)["validation"]["passed"] is False
+
+
+def test_export_with_validation_and_user_data(tmp_path, standin):
+    data = tmp_path / "pairs.jsonl"
+    rows = [
+        {"query": "capital of France", "document": "Paris is the capital of France.", "label": 1},
+        {"query": "capital of France", "document": "Bananas are yellow.", "label": 0},
+        {"query": "wer schrieb Faust?", "document": "Goethe schrieb den Faust.", "label": 1},
+        {"query": "wer schrieb Faust?", "document": "Der Rhein fließt durch Köln.", "label": 0},
+    ]
+    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
+    manifest = export_onnx(str(standin), tmp_path / "art", quant="int8", data=data, progress=QUIET)
+    assert manifest["validation"]["passed"] and manifest["validation"]["data"] == str(data)
+    report = json.loads((tmp_path / "art" / "validation.json").read_text())
+    assert report["metrics"]["pairs"] == 4 and report["metrics"]["labelled"]["queries"] == 2
+
+
+def test_bad_evaluation_data(tmp_path, fp32_artifact, standin):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "q", "document": "d"}\n{"query": "q"}\n')
+    with pytest.raises(Exception, match="line 2: needs string fields"):
+        validate_artifact(fp32_artifact, str(standin), data=bad, write=False)
