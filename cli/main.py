@@ -90,7 +90,7 @@ def _validate(args: argparse.Namespace) -> int:
     try:
         report = validate_artifact(
             args.artifact, args.reference, data=args.data, max_drop=args.max_drop, threads=args.threads,
-            log=progress.log,
+            use_cache=not args.no_cache, log=progress.log,
         )
     except ValidationError as exc:
         print(f"qrr: {exc}", file=sys.stderr)
@@ -170,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=None, help="JSON Lines {query, document, label?} (default: built-in set)")
     p.add_argument("--max-drop", type=_positive_float, default=None, help="largest allowed |ΔP(yes)|")
     p.add_argument("--threads", type=_positive_int, default=None, help="threads for both (default: physical cores)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="rerun the PyTorch reference even when its scores for this checkpoint and data are cached")
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
     p.set_defaults(run=_validate)
 

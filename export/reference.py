@@ -10,15 +10,12 @@ from qrr.runtime.prompt import DEFAULT_MAX_LENGTH, PREFIX, SUFFIX, TEMPLATE, DEF
 from .checkpoint import Checkpoint, load_model, load_tokenizer, yes_no_ids
 
 
-class ReferenceScorer:
-    """Qwen3-Reranker's transformers example: left padding, truncation='longest_first', P(yes) from logits."""
+class RecipeTokenizer:
+    """The recipe's tokenization: prefix + pair text truncated 'longest_first' + suffix, left padded."""
 
-    def __init__(self, checkpoint: Checkpoint, *, max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 8) -> None:
-        self.tokenizer = load_tokenizer(checkpoint, padding_side="left")
-        self.model = load_model(checkpoint)
-        self.yes_id, self.no_id = yes_no_ids(self.tokenizer, checkpoint.source)
+    def __init__(self, tokenizer, max_length: int = DEFAULT_MAX_LENGTH) -> None:
+        self.tokenizer = tokenizer
         self.max_length = max_length
-        self.batch_size = batch_size
         self.prefix_tokens = self.tokenizer.encode(PREFIX, add_special_tokens=False)
         self.suffix_tokens = self.tokenizer.encode(SUFFIX, add_special_tokens=False)
 
@@ -35,6 +32,17 @@ class ReferenceScorer:
         with warnings.catch_warnings():  # the recipe passes max_length to pad(), which transformers warns is unused
             warnings.simplefilter("ignore", UserWarning)
             return self.tokenizer.pad(inputs, padding=True, return_tensors="pt", max_length=self.max_length)
+
+
+class ReferenceScorer(RecipeTokenizer):
+    """Qwen3-Reranker's transformers example: left padding, truncation='longest_first', P(yes) from logits."""
+
+    def __init__(self, checkpoint: Checkpoint, *, max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 8) -> None:
+        tokenizer = load_tokenizer(checkpoint, padding_side="left")
+        super().__init__(tokenizer, max_length)
+        self.model = load_model(checkpoint)
+        self.yes_id, self.no_id = yes_no_ids(self.tokenizer, checkpoint.source)
+        self.batch_size = batch_size
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]], instruction: str | None = None) -> list[float]:
         import torch

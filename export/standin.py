@@ -8,6 +8,7 @@ agreement between an artifact and the reference on it is what is measured.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ SHAPES: dict[str, dict[str, Any]] = {
     "8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
                num_key_value_heads=8, head_dim=128, tie_word_embeddings=False, vocab_size=151669),
 }
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json")
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 ADDED = ["<think>", "</think>"]
 # Qwen2/Qwen3's pre-tokenizer split.
@@ -109,10 +111,15 @@ def make_standin(
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(config).eval()
     model.save_pretrained(out)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", model_max_length=131072
-    )
-    fast.save_pretrained(out)
+    if tokenizer is not None:  # the given tokenizer's files as they are, so transformers loads it as users do
+        for name in TOKENIZER_FILES:
+            if (Path(tokenizer) / name).is_file():
+                shutil.copyfile(Path(tokenizer) / name, out / name)
+    else:
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", model_max_length=131072
+        )
+        fast.save_pretrained(out)
     (out / "qrr-standin.json").write_text(
         json.dumps({"shape": shape, "seed": seed, "init_std": init_std, "tokenizer": str(tokenizer or "generated")}, indent=2)
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import os
 import platform
@@ -249,12 +250,15 @@ def validate_artifact(
     max_drop: float | None = None,
     threads: int | None = None,
     write: bool = True,
+    use_cache: bool = True,
     log: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
     """Score the evaluation pairs with the artifact and with the model card's fp32 recipe; compare.
 
     Writes validation.json (and the summary into qrr.json) when `write`; raises ValidationError after
     writing when max |ΔP| exceeds `max_drop` (default: DEFAULT_MAX_DROP for the artifact's precision).
+    With `use_cache`, the reference's scores and timing are kept in the user cache and reused while the
+    checkpoint's files, the data, max_length, threads and package versions are the same.
     """
     from .checkpoint import resolve
     from .reference import ReferenceScorer
@@ -277,16 +281,29 @@ def validate_artifact(
     del rr
     gc.collect()
 
-    log("scoring the same pairs with the PyTorch reference (model card recipe, fp32)")
-    import torch
-
-    torch.set_num_threads(used_threads)
     checkpoint = resolve(reference, manifest.get("source", {}).get("revision"))
-    with PeakRSS() as ref_mem:
-        ref = ReferenceScorer(checkpoint, max_length=max_length)
-        ref_scores, ref_time = _timed_scores(ref.score_pairs, queries)
-    del ref
-    gc.collect()
+    cache = reference_cache_path(checkpoint.path, queries, max_length, used_threads) if use_cache else None
+    reused = cache is not None and cache.is_file()
+    if reused:
+        log(f"reusing the PyTorch reference's scores and timing from {cache}")
+        cached = json.loads(cache.read_text(encoding="utf-8"))
+        ref_scores = [np.asarray(s, dtype=np.float64) for s in cached["scores"]]
+        ref_time, ref_peak = cached["seconds"], cached["peak_rss_mib"]
+    else:
+        log("scoring the same pairs with the PyTorch reference (model card recipe, fp32)")
+        import torch
+
+        torch.set_num_threads(used_threads)
+        with PeakRSS() as ref_mem:
+            ref = ReferenceScorer(checkpoint, max_length=max_length)
+            ref_scores, ref_time = _timed_scores(ref.score_pairs, queries)
+        ref_peak = ref_mem.peak_mib
+        del ref
+        gc.collect()
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            scores = [s.tolist() for s in ref_scores]
+            write_json(cache, {"scores": scores, "seconds": ref_time, "peak_rss_mib": ref_peak, "versions": versions()})
 
     metrics = compare(queries, ref_scores, art_scores)
     report = {
@@ -295,18 +312,24 @@ def validate_artifact(
         "reference": {
             "source": reference,
             "recipe": "Qwen3-Reranker model card, transformers example, fp32, batch 8, left padding",
+            "cached": reused,
         },
         "data": BUILTIN if data is None else str(data),
         "metrics": metrics,
         "latency": {
             "artifact": _speed(art_time, pairs, art_mem.peak_mib),
-            "reference": _speed(ref_time, pairs, ref_mem.peak_mib),
+            "reference": _speed(ref_time, pairs, ref_peak),
             "speedup": ref_time / art_time if art_time > 0 else None,
             "threads": used_threads,
             "peak_rss_note": "highest resident memory of the whole process while each one loaded and scored",
         },
         "max_drop": max_drop,
         "passed": metrics["max_abs_dp"] <= max_drop,
+        # per pair, in data order: lets a report plot the drift or re-check without rerunning the reference
+        "scores": {
+            "reference": [float(x) for r in ref_scores for x in r],
+            "artifact": [float(x) for a in art_scores for x in a],
+        },
         "machine": machine_info(),
         "versions": versions(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -324,6 +347,19 @@ def validate_artifact(
             "raise --max-drop to accept it, or choose a higher precision"
         )
     return report
+
+
+def reference_cache_path(checkpoint: Path, queries: Sequence[Query], max_length: int, threads: int) -> Path:
+    """A cache file named by everything the reference's scores and timing depend on."""
+    h = hashlib.sha256()
+    for f in sorted(checkpoint.iterdir()):
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    h.update(json.dumps([[q.query, q.instruction, q.documents] for q in queries], ensure_ascii=False).encode())
+    h.update(json.dumps([max_length, threads, versions(), machine_info()["cpu"]]).encode())
+    root = Path(os.environ.get("QRR_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qrr")
+    return root / "reference" / f"{h.hexdigest()[:32]}.json"
 
 
 def _speed(seconds: float, pairs: int, peak_mib: float) -> dict[str, float]:

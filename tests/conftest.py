@@ -11,6 +11,19 @@ from pathlib import Path
 
 import pytest
 
+@pytest.fixture(scope="session", autouse=True)
+def reference_cache(tmp_path_factory):
+    """Keep the reference-score cache of validation inside the test session."""
+    path = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("QRR_CACHE")
+    os.environ["QRR_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("QRR_CACHE", None)
+    else:
+        os.environ["QRR_CACHE"] = old
+
+
 QWEN3_TOKENIZER = os.environ.get("QRR_QWEN3_TOKENIZER")  # the real tokenizer folder, for optional checks
 
 

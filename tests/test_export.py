@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from conftest import needs_export
 
@@ -135,6 +136,12 @@ def test_validation_report_and_gate(artifact_copy, standin):
     stored = load_manifest(artifact_copy)["validation"]
     assert stored["passed"] and stored["max_abs_dp"] == m["max_abs_dp"]
     assert json.loads((artifact_copy / "validation.json").read_text())["metrics"] == m
+
+    again = validate_artifact(artifact_copy, str(standin))
+    assert again["reference"]["cached"] and again["scores"]["reference"] == report["scores"]["reference"]
+    fresh = validate_artifact(artifact_copy, str(standin), use_cache=False)
+    assert not fresh["reference"]["cached"]
+    np.testing.assert_allclose(fresh["scores"]["reference"], report["scores"]["reference"], atol=1e-6)
 
     with pytest.raises(ValidationError, match="fails validation"):
         validate_artifact(artifact_copy, str(standin), max_drop=1e-12)
