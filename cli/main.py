@@ -41,11 +41,22 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="a local checkpoint folder, or a hub id such as Qwen/Qwen3-Reranker-0.6B")
     p.add_argument("-o", "--output", required=True, type=Path, help="the artifact folder to create (must be new or empty)")
     p.add_argument("--format", choices=["onnx"], default="onnx", help="graph format (default: onnx)")
-    p.add_argument("--quant", choices=["none", "int8"], default="none",
-                   help="weights: none = fp32, int8 = weight-only 8-bit (default: none)")
+    p.add_argument("--quant", choices=["none", "int8", "int4", "fp16"], default="none",
+                   help="weights: none = fp32, int8 / int4 = blockwise 8 / 4-bit (MatMulNBits), "
+                        "fp16 = fp16 body for GPUs (default: none)")
+    p.add_argument("--method", choices=["smoothquant", "awq", "rtn", "hqq"], default=None,
+                   help="int8/int4 only: activation-aware scales (smoothquant, awq) or plain rounding (rtn, hqq) "
+                        "(default: smoothquant for int8, awq for int4)")
+    p.add_argument("--block-size", type=int, choices=[16, 32, 64, 128, 256], default=None,
+                   help="int8/int4 only: weights per scale along the input dimension (default: 32)")
+    p.add_argument("--accuracy-level", type=int, choices=[0, 4], default=None,
+                   help="int8/int4 only: 0 = float activations, 4 = int8 activations and VNNI kernels "
+                        "(default: per precision, README)")
+    p.add_argument("--calibration", type=Path, default=None,
+                   help="pairs (JSON Lines) for smoothquant/awq statistics (default: the built-in set)")
     p.add_argument("--max-drop", type=_positive_float, default=None,
                    help="largest allowed |ΔP(yes)| of any evaluation pair vs the PyTorch reference "
-                        "(default: 0.001 for fp32, 0.03 for int8)")
+                        "(default: 0.001 for fp32, 0.01 for fp16, 0.03 for int8, 0.1 for int4)")
     p.add_argument("--no-validate", action="store_true", help="skip validation against the PyTorch reference")
     p.add_argument("--max-length", type=_positive_int, default=DEFAULT_MAX_LENGTH,
                    help=f"tokens per pair, prompt included; longer documents are truncated (default: {DEFAULT_MAX_LENGTH})")
@@ -71,6 +82,10 @@ def _export(args: argparse.Namespace) -> int:
             max_drop=args.max_drop,
             data=args.data,
             revision=args.revision,
+            method=args.method,
+            block_size=args.block_size,
+            accuracy_level=args.accuracy_level,
+            calibration=args.calibration,
             progress=Progress(enabled=not args.quiet),
         )
     except ValidationError as exc:
@@ -151,7 +166,7 @@ def _standin(args: argparse.Namespace) -> int:
         raise QrrError(EXPORT_EXTRA) from None
     if args.output.exists() and any(args.output.iterdir()):
         raise QrrError(f"output folder {args.output} exists and is not empty; choose a new folder or remove it")
-    path = make_standin(args.output, shape=args.shape, tokenizer=args.tokenizer, seed=args.seed)
+    path = make_standin(args.output, shape=args.shape, tokenizer=args.tokenizer, seed=args.seed, outliers=args.outliers)
     print(f"stand-in {args.shape} checkpoint (random weights) written to {path}", file=sys.stderr)
     return 0
 
@@ -189,9 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("standin", help="write a random-weight Qwen3 checkpoint of a published shape (offline demos)")
     p.add_argument("-o", "--output", required=True, type=Path)
-    p.add_argument("--shape", choices=["tiny", "0.6b", "4b", "8b"], default="tiny")
+    p.add_argument("--shape", choices=["tiny", "small", "0.6b", "4b", "8b"], default="tiny")
     p.add_argument("--tokenizer", type=Path, default=None, help="folder with a Qwen3 tokenizer.json (default: a generated one)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--outliers", type=float, default=0.0,
+                   help="give a few hidden channels activations this many times the rest, function-preserving "
+                        "(real LLMs have ~100x outliers; 0 = none)")
     p.set_defaults(run=_standin)
     return parser
 

@@ -19,6 +19,8 @@ from qrr.runtime.prompt import PREFIX, SUFFIX
 SHAPES: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=16, tie_word_embeddings=True),
+    "small": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=64, tie_word_embeddings=True),
     "0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
                  num_key_value_heads=8, head_dim=128, tie_word_embeddings=True, vocab_size=151669),
     "4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
@@ -73,11 +75,17 @@ def make_standin(
     tokenizer: str | Path | None = None,
     seed: int = 0,
     init_std: float = 0.02,
+    outliers: float = 0.0,
+    train_steps: int = 0,
 ) -> Path:
     """Write a random-weight Qwen3 causal LM with a reranker's tokenizer to `out_dir`; returns the path.
 
     `tokenizer` is a folder holding a Qwen3 tokenizer.json (for instance the real one); without it a small
     generated one is used. The vocabulary of the model is the published size when the shape has one.
+    `outliers` > 0 gives the model the activation outliers of real LLMs without changing its function
+    (see add_activation_outliers). `train_steps` > 0 first trains it briefly as a reranker on the built-in
+    evaluation pairs (see train_reranker), so that its scores spread like a real reranker's instead of
+    clustering in near-ties; tests of ranking agreement need that.
     """
     import torch
     from tokenizers import Tokenizer
@@ -110,6 +118,10 @@ def make_standin(
     )
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(config).eval()
+    if train_steps:
+        train_reranker(model, tok, train_steps, seed=seed)
+    if outliers:
+        add_activation_outliers(model, outliers)
     model.save_pretrained(out)
     if tokenizer is not None:  # the given tokenizer's files as they are, so transformers loads it as users do
         for name in TOKENIZER_FILES:
@@ -121,6 +133,88 @@ def make_standin(
         )
         fast.save_pretrained(out)
     (out / "qrr-standin.json").write_text(
-        json.dumps({"shape": shape, "seed": seed, "init_std": init_std, "tokenizer": str(tokenizer or "generated")}, indent=2)
+        json.dumps(
+            {"shape": shape, "seed": seed, "init_std": init_std, "outliers": outliers, "train_steps": train_steps,
+             "tokenizer": str(tokenizer or "generated")},
+            indent=2,
+        )
     )
     return out
+
+
+OUTLIER_CHANNELS = 4
+
+
+def add_activation_outliers(model, factor: float, channels: int = OUTLIER_CHANNELS, seed: int = 1) -> list[int]:
+    """Function-preserving rescale that gives a few hidden channels activations `factor`× the rest.
+
+    Real LLMs have a handful of hidden channels whose activations are ~100× the median, in the same channels
+    across layers, and the weights reading those channels are small. Here, in every layer, the RMSNorm gain of
+    the chosen channels is multiplied by `factor` and the matching input columns of the projections that read
+    the norm's output (q/k/v, gate/up) are divided by it; likewise some intermediate channels of the MLP
+    (up_proj rows × factor, down_proj columns ÷ factor). The model computes the same function; only the
+    activations entering the linear layers, and the weights that meet them, change scale.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    hidden = model.config.hidden_size
+    picked = torch.randperm(hidden, generator=gen)[:channels]
+    inner = torch.randperm(model.config.intermediate_size, generator=gen)[:channels]
+    with torch.no_grad():
+        for layer in model.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            layer.input_layernorm.weight[picked] *= factor
+            for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+                proj.weight[:, picked] /= factor
+            layer.post_attention_layernorm.weight[picked] *= factor
+            for proj in (mlp.gate_proj, mlp.up_proj):
+                proj.weight[:, picked] /= factor
+            mlp.up_proj.weight[inner, :] *= factor
+            mlp.down_proj.weight[:, inner] /= factor
+    return picked.tolist()
+
+
+def train_reranker(model, tok, steps: int, *, seed: int = 0, batch: int = 16, lr: float = 2e-3) -> list[float]:
+    """Train the model briefly on the built-in pairs: P(yes) of the model card's prompt vs label > 0.
+
+    The loss is the recipe's own score, softplus on ±(logit_yes − logit_no) at the last token, so the
+    trained model is a (tiny, over-fitted) Qwen3 reranker whose scores are spread out. Returns the losses.
+    """
+    import random
+
+    import torch
+
+    from qrr.runtime.prompt import DEFAULT_INSTRUCTION, TEMPLATE
+
+    from .validate import load_pairs
+
+    rows = [(q, d, float((label or 0) > 0)) for q in load_pairs() for d, label in zip(q.documents, q.labels)]
+    prefix = tok.encode(PREFIX, add_special_tokens=False).ids
+    suffix = tok.encode(SUFFIX, add_special_tokens=False).ids
+    yes, no = tok.token_to_id("yes"), tok.token_to_id("no")
+    texts = [TEMPLATE.format(instruction=q.instruction or DEFAULT_INSTRUCTION, query=q.query, document=d) for q, d, _ in rows]
+    ids = [prefix + e.ids[:384] + suffix for e in tok.encode_batch(texts, add_special_tokens=False)]
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        pick = rng.sample(range(len(rows)), batch)
+        width = max(len(ids[i]) for i in pick)
+        input_ids = torch.zeros(batch, width, dtype=torch.long)
+        mask = torch.zeros(batch, width, dtype=torch.long)
+        for row, i in enumerate(pick):  # left padding, as the recipe
+            input_ids[row, width - len(ids[i]) :] = torch.tensor(ids[i])
+            mask[row, width - len(ids[i]) :] = 1
+        hidden = model.model(input_ids=input_ids, attention_mask=mask).last_hidden_state[:, -1]
+        head = model.lm_head.weight
+        logit = hidden @ (head[yes] - head[no])
+        target = torch.tensor([rows[i][2] for i in pick])
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses

@@ -18,7 +18,16 @@ from .checkpoint import Checkpoint, load_model, load_tokenizer, resolve, yes_no_
 from .graph import INPUT_NAMES, OUTPUT_NAMES, ScoringModule
 from .progress import Progress
 
-QUANT_CHOICES = ("none", "int8")
+QUANT_CHOICES = ("none", "int8", "int4", "fp16")
+METHODS = ("rtn", "hqq", "awq", "smoothquant")
+# Chosen by measurement (README, "Quantization"): accuracy first, speed second.
+PRESETS: dict[str, dict[str, Any]] = {
+    "int8": {"bits": 8, "block_size": 32, "symmetric": True, "accuracy_level": 4, "embedding_bits": 8,
+             "method": "smoothquant"},
+    "int4": {"bits": 4, "block_size": 32, "symmetric": False, "accuracy_level": 4, "embedding_bits": 4,
+             "method": "awq"},
+}
+CALIBRATION_PAIRS = 64
 OPSET = 17
 TOKENIZER_FILE = "tokenizer.json"
 MODEL_FILE = "model.onnx"
@@ -34,9 +43,16 @@ def export_onnx(
     max_drop: float | None = None,
     data: str | Path | None = None,
     revision: str | None = None,
+    method: str | None = None,
+    block_size: int | None = None,
+    accuracy_level: int | None = None,
+    calibration: str | Path | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Export `source` (a checkpoint folder or hub id) into the artifact folder `out_dir`.
+
+    int8 and int4 take their defaults from PRESETS; `method`, `block_size` and `accuracy_level` override them,
+    `calibration` (JSON Lines pairs, default: the built-in set) feeds the activation-aware methods.
 
     Returns the manifest. With `validate`, runs the built-in evaluation (or `data`) against the model card's
     fp32 recipe, stores validation.json, and raises ValidationError when max |ΔP| exceeds `max_drop`.
@@ -46,6 +62,17 @@ def export_onnx(
         raise QrrError(f"unknown quant {quant!r}; choose one of {', '.join(QUANT_CHOICES)}")
     if not isinstance(max_length, int) or max_length < 16:
         raise QrrError(f"max_length must be an integer of at least 16, got {max_length!r}")
+    settings = dict(PRESETS.get(quant, {}))
+    if quant in PRESETS:
+        for key, value in (("method", method), ("block_size", block_size), ("accuracy_level", accuracy_level)):
+            if value is not None:
+                settings[key] = value
+        if settings["method"] not in METHODS:
+            raise QrrError(f"unknown method {settings['method']!r}; choose one of {', '.join(METHODS)}")
+        if calibration is not None and settings["method"] not in ("awq", "smoothquant"):
+            raise QrrError(f"calibration pairs feed awq and smoothquant; method {settings['method']} uses none")
+    elif method is not None or block_size is not None or accuracy_level is not None or calibration is not None:
+        raise QrrError(f"method, block size, accuracy level and calibration apply to int8 and int4, not {quant}")
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise QrrError(f"output folder {out} exists and is not empty; choose a new folder or remove it")
@@ -60,21 +87,33 @@ def export_onnx(
             fp32_path = Path(tmp) / MODEL_FILE
             with progress.step("loading the checkpoint in fp32"):
                 model = load_model(checkpoint, attn_implementation="eager")
-            with progress.step("tracing the scoring graph to ONNX"):
-                trace(model, yes_id, no_id, fp32_path)
+            smoothing = None
+            if settings.get("method") in ("awq", "smoothquant"):
+                with progress.step(f"calibrating {settings['method']} scales"):
+                    smoothing = smooth(model, tokenizer, settings, calibration, max_length)
+            body = "fp16" if quant == "fp16" else "fp32"
+            with progress.step(f"tracing the scoring graph to ONNX ({body} body)"):
+                trace(model, yes_id, no_id, fp32_path, fp16=quant == "fp16")
             del model
             gc.collect()
-            if quant == "none":
-                with progress.step("saving the fp32 graph"):
+            if quant in ("none", "fp16"):
+                with progress.step(f"saving the {body} graph"):
                     files = consolidate(fp32_path, out / MODEL_FILE)
-                precision, scheme = "fp32", None
+                precision, scheme = body, FP16_SCHEME if quant == "fp16" else None
             else:
-                from qrr.quant import quantize_int8
+                from qrr.quant import quantize_weights
 
-                with progress.step("quantizing to int8 (weight-only MatMulNBits, int8 embedding rows)"):
-                    scheme = quantize_int8(fp32_path, out / MODEL_FILE)
+                rounding = "hqq" if settings["method"] == "hqq" else "rtn"
+                with progress.step(f"quantizing to {quant} ({settings['block_size']}-blocks, {settings['method']})"):
+                    scheme = quantize_weights(
+                        fp32_path, out / MODEL_FILE, bits=settings["bits"], block_size=settings["block_size"],
+                        symmetric=settings["symmetric"], accuracy_level=settings["accuracy_level"],
+                        embedding_bits=settings["embedding_bits"], method=rounding,
+                    )
+                scheme["method"] = settings["method"]
+                scheme["smoothing"] = smoothing
                 files = [MODEL_FILE, MODEL_FILE + ".data"]
-                precision = "int8"
+                precision = quant
         tokenizer.backend_tokenizer.save(str(out / TOKENIZER_FILE))
         manifest = build_manifest(checkpoint, tokenizer, yes_id, no_id, precision, scheme, max_length, out, files)
         write_json(out / MANIFEST_NAME, manifest)
@@ -94,10 +133,51 @@ def export_onnx(
     return manifest
 
 
-def trace(model, yes_id: int, no_id: int, path: Path) -> None:
+# What stays in fp32 in an fp16 artifact: transformers' Qwen3 computes RMSNorm's mean of squares and the
+# attention softmax in fp32 (the ops that overflow fp16 on outlier activations); the head is ours.
+FP16_SCHEME = {
+    "method": "fp16 body",
+    "fp32": ["score head direction and final dot product", "RMSNorm statistics", "attention softmax"],
+}
+
+
+def smooth(model, tokenizer, settings: dict[str, Any], calibration, max_length: int) -> dict[str, Any]:
+    """Fold activation-aware scales into the torch model, from the calibration pairs' activations."""
+    import random
+
+    import torch
+
+    from qrr.quant import smooth as sm
+
+    from .reference import RecipeTokenizer
+    from .validate import load_pairs
+
+    queries = load_pairs(calibration)
+    pairs = [(q, d) for q in queries for d in q.documents]
+    random.Random(0).shuffle(pairs)
+    pairs = pairs[:CALIBRATION_PAIRS]
+    recipe = RecipeTokenizer(tokenizer, max_length)
+    batches = []
+    for start in range(0, len(pairs), 8):
+        texts = [TEMPLATE.format(instruction=q.instruction or DEFAULT_INSTRUCTION, query=q.query, document=d)
+                 for q, d in pairs[start : start + 8]]
+        inputs = recipe.process_inputs(texts)
+        batches.append({"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]})
+    stats = sm.collect_stats(model, batches)
+    if settings["method"] == "smoothquant":
+        info = sm.smoothquant(model, stats)
+    else:
+        info = sm.awq(model, stats, bits=settings["bits"], block=settings["block_size"], symmetric=settings["symmetric"])
+    info["calibration"] = {"data": "built-in" if calibration is None else str(calibration), "pairs": len(pairs)}
+    return info
+
+
+def trace(model, yes_id: int, no_id: int, path: Path, *, fp16: bool = False) -> None:
     import torch
 
     module = ScoringModule(model, yes_id, no_id).eval()
+    if fp16:
+        module.body.half()  # the head direction was taken in fp32 above and stays fp32
     ids = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 0]], dtype=torch.long)
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.long)
     positions = torch.arange(4).expand(2, 4).contiguous()

@@ -22,7 +22,7 @@ from qrr.runtime.errors import QrrError
 from qrr.runtime.manifest import MANIFEST_NAME, VALIDATION_NAME, load_manifest, write_json
 
 # Largest allowed |ΔP(yes)| of any evaluation pair against the reference, per precision (README, "Validation").
-DEFAULT_MAX_DROP = {"fp32": 1e-3, "int8": 0.03}
+DEFAULT_MAX_DROP = {"fp32": 1e-3, "fp16": 0.01, "int8": 0.03, "int4": 0.1}
 BUILTIN = "built-in"
 
 

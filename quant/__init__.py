@@ -1,5 +1,8 @@
-"""qrr.quant: quantization of exported scoring graphs. Depends on qrr.runtime, never on qrr.export."""
+"""qrr.quant: quantization of scoring graphs and the rescaling that makes it accurate.
 
-from .onnx_quant import INT8_ACCURACY_LEVEL, INT8_BLOCK_SIZE, QuantizationError, quantize_int8, save_model
+Depends on qrr.runtime (errors), never on qrr.export. `smooth` needs torch (the [export] extra).
+"""
 
-__all__ = ["INT8_ACCURACY_LEVEL", "INT8_BLOCK_SIZE", "QuantizationError", "quantize_int8", "save_model"]
+from .onnx_quant import QuantizationError, quantize_weights, save_model
+
+__all__ = ["QuantizationError", "quantize_weights", "save_model"]

@@ -39,22 +39,37 @@ def physical_cores() -> int:
 
 _PROVIDERS = {
     "cpu": ("CPUExecutionProvider", None),
-    "cuda": ("CUDAExecutionProvider", "pip uninstall -y onnxruntime && pip install onnxruntime-gpu"),
+    "cuda": (
+        "CUDAExecutionProvider",
+        "pip install 'qrr[gpu]' && pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu "
+        "(both ship the module onnxruntime: keep only the GPU one)",
+    ),
     "dml": ("DmlExecutionProvider", "pip uninstall -y onnxruntime && pip install onnxruntime-directml"),
 }
+AUTO_ORDER = ("cuda", "dml", "cpu")
 
 
-def _provider_for(device: str) -> tuple[str, dict[str, Any]]:
+def parse_device(device: str, available: Sequence[str]) -> tuple[str, int]:
+    """'cpu', 'cuda', 'cuda:N', 'dml', 'dml:N' or 'auto' → (kind, index); 'auto' takes the first GPU there is."""
     if not isinstance(device, str):
         raise InputError(f"device must be a string such as 'cpu' or 'cuda:0', got {type(device).__name__}")
-    match = re.fullmatch(r"(cpu|cuda|dml)(?::(\d+))?", device.strip().lower())
+    text = device.strip().lower()
+    if text == "auto":
+        kind = next(k for k in AUTO_ORDER if _PROVIDERS[k][0] in available)
+        return kind, 0
+    match = re.fullmatch(r"(cpu|cuda|dml)(?::(\d+))?", text)
     if not match:
-        raise InputError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'dml'")
+        raise InputError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N', 'dml', 'dml:N' or 'auto'")
     kind, index = match.group(1), match.group(2)
     if kind == "cpu" and index is not None:
         raise InputError(f"unknown device {device!r}; the CPU device takes no index, use 'cpu'")
-    options = {"device_id": int(index)} if index is not None else {}
-    return kind, options
+    provider, install = _PROVIDERS[kind]
+    if provider not in available:
+        raise DeviceError(
+            f"device {device!r} needs onnxruntime's {provider}, which this installation lacks "
+            f"(available: {', '.join(available)}); install it with: {install}"
+        )
+    return kind, int(index or 0)
 
 
 class Reranker:
@@ -98,6 +113,7 @@ class Reranker:
         self.pad_token_id = int(m["pad_token_id"])
         self.device = device
         self.threads = threads or physical_cores()
+        self.io_device: tuple[str, int] | None = None  # set for GPU devices: run with I/O binding
         self.session = self._open_session(device)
         self._input_names = [i.name for i in self.session.get_inputs()]
         expected = list(m["inputs"])
@@ -169,36 +185,54 @@ class Reranker:
         # Right padding: every row's real tokens sit at positions 0..len-1, as in the unpadded pair.
         position_ids = np.broadcast_to(np.arange(width, dtype=np.int64), (len(sequences), width))
         feeds = {"input_ids": input_ids, "attention_mask": mask, "position_ids": np.ascontiguousarray(position_ids)}
+        if self.io_device is not None:
+            return self._run_bound(feeds).astype(np.float32).reshape(-1)
         (out,) = self.session.run([self._output_name], {name: feeds[name] for name in self._input_names})
         return out.astype(np.float32).reshape(-1)
 
     def _open_session(self, device: str):
         import onnxruntime as ort
 
-        kind, options = _provider_for(device)
-        provider, install = _PROVIDERS[kind]
-        available = ort.get_available_providers()
-        if provider not in available:
-            raise DeviceError(
-                f"device {device!r} needs onnxruntime's {provider}, which this installation lacks "
-                f"(available: {', '.join(available)}); install it with: {install}"
-            )
+        kind, index = parse_device(device, ort.get_available_providers())
+        provider = _PROVIDERS[kind][0]
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
-        providers: list[Any] = [(provider, options)] if options else [provider]
-        if provider != "CPUExecutionProvider":
-            providers.append("CPUExecutionProvider")
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if kind != "cpu":
+            # CPU stays listed for the few nodes a GPU provider does not implement (shape arithmetic)
+            providers.insert(0, (provider, {"device_id": index}))
+            self.io_device = (kind, index)
         model = self.path / self.manifest["model_file"]
         try:
-            return ort.InferenceSession(str(model), sess_options=so, providers=providers)
+            session = ort.InferenceSession(str(model), sess_options=so, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for every load failure
             raise ArtifactError(
                 f"onnxruntime cannot load {model}: {_first_line(exc)}; the artifact may be corrupted, re-export it"
             ) from None
+        if provider not in session.get_providers():  # onnxruntime falls back to CPU with only a log line
+            raise DeviceError(
+                f"onnxruntime could not start {provider} for device {device!r} (driver, CUDA or cuDNN libraries "
+                "missing?); it would have run on the CPU. Fix the GPU setup, or ask for device='cpu'"
+            )
+        self.device_kind = kind
+        return session
+
+    def _run_bound(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Run with I/O binding: inputs copied to the device once, the output allocated there."""
+        import onnxruntime as ort
+
+        kind, index = self.io_device
+        device_type = {"cuda": "cuda", "dml": "dml", "cpu": "cpu"}[kind]
+        binding = self.session.io_binding()
+        for name in self._input_names:
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(feeds[name], device_type, index))
+        binding.bind_output(self._output_name, device_type, index)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
 
 
 def plan_batches(lengths: Sequence[int], batch_tokens: int, max_batch: int = MAX_BATCH) -> list[list[int]]:

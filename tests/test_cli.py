@@ -69,6 +69,9 @@ def test_bad_jsonl_line(fp32_artifact, tmp_path, capsys):
         ["SRC", "-o", "out", "--max-drop", "-1"],
         ["SRC", "-o", "out", "--max-length", "zero"],
         ["SRC", "-o", "out", "--colour"],
+        ["SRC", "-o", "out", "--quant", "int4", "--method", "gptq"],
+        ["SRC", "-o", "out", "--quant", "int4", "--block-size", "48"],
+        ["SRC", "-o", "out", "--quant", "int8", "--accuracy-level", "2"],
     ],
 )
 def test_export_parser_refuses_unknown_values(argv, capsys):

@@ -1,0 +1,71 @@
+"""Sweep quantization schemes on stand-in checkpoints (with and without activation outliers) and print the
+accuracy of each against the PyTorch reference, plus disk size and speed. Used to choose the presets.
+
+    python benchmarks/quant_sweep.py --shape small --out out/sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+VARIANTS = [
+    ("int8", "rtn", 32, 0), ("int8", "rtn", 32, 4), ("int8", "smoothquant", 32, 0), ("int8", "smoothquant", 32, 4),
+    ("int4", "rtn", 32, 0), ("int4", "hqq", 32, 0), ("int4", "awq", 32, 0), ("int4", "awq", 32, 4),
+    ("int4", "awq", 128, 4),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="small")
+    parser.add_argument("--outliers", type=float, nargs="+", default=[0.0, 100.0])
+    parser.add_argument("--tokenizer", type=Path, default=None)
+    parser.add_argument("--train-steps", type=int, default=300, help="brief reranker training of the stand-in")
+    parser.add_argument("--data", type=Path, default=None, help="evaluation pairs (default: built-in set)")
+    parser.add_argument("--out", type=Path, default=Path("out/sweep"))
+    parser.add_argument("--only", nargs="*", default=None, help="variants as PREC:METHOD:BLOCK:LEVEL")
+    args = parser.parse_args(argv)
+
+    from qrr.export import export_onnx, validate_artifact
+    from qrr.export.progress import Progress
+    from qrr.export.standin import make_standin
+
+    variants = VARIANTS
+    if args.only:
+        variants = [(p, m, int(b), int(lv)) for p, m, b, lv in (v.split(":") for v in args.only)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for outliers in args.outliers:
+        ckpt = args.out / f"standin-{args.shape}-outliers{outliers:g}"
+        if not (ckpt / "config.json").is_file():
+            make_standin(ckpt, shape=args.shape, tokenizer=args.tokenizer, outliers=outliers,
+                         train_steps=args.train_steps)
+        for quant, method, block, level in [("none", None, None, None), *variants]:
+            art = args.out / f"a-{args.shape}-o{outliers:g}-{quant}-{method}-{block}-{level}"
+            shutil.rmtree(art, ignore_errors=True)
+            export_onnx(str(ckpt), art, quant=quant, method=method, block_size=block, accuracy_level=level,
+                        validate=False, progress=Progress(enabled=False))
+            r = validate_artifact(art, str(ckpt), data=args.data, max_drop=1.0)
+            m = r["metrics"]
+            size = sum(json.loads((art / "qrr.json").read_text())["files"].values())
+            row = {"outliers": outliers, "quant": quant, "method": method, "block": block, "level": level,
+                   "max_abs_dp": m["max_abs_dp"], "mean_abs_dp": m["mean_abs_dp"], "spearman": m["spearman_mean"],
+                   "top1": m["top1_agreement"], "ms_per_pair": r["latency"]["artifact"]["ms_per_pair"], "bytes": size}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            shutil.rmtree(art, ignore_errors=True)
+    (args.out / f"sweep-{args.shape}.json").write_text(json.dumps(rows, indent=2))
+    print("| outliers | quant | method | block | level | max \|ΔP\| | mean \|ΔP\| | Spearman | top-1 | ms/pair | MiB |")
+    print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['outliers']:g} | {r['quant']} | {r['method']} | {r['block']} | {r['level']} | {r['max_abs_dp']:.3g} "
+              f"| {r['mean_abs_dp']:.3g} | {r['spearman']:.4f} | {r['top1']:.0%} | {r['ms_per_pair']:.2f} | {r['bytes'] / 2**20:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Workload A — 1 query × 32 documents × ~200 tokens of prose — on a 0.6B-shaped stand-in, per precision and
+device, with warm-up and repetitions; writes JSON and Markdown beside the package versions and machine.
+
+    python benchmarks/workload_a.py --device cuda --precisions fp32 fp16 --out out/gpu
+    python benchmarks/workload_a.py --device cpu --precisions fp32 int8 --tokenizer ../shared/fixtures/qwen3-tokenizer
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+QUERY = "How does sunlight scattering in the atmosphere change the colour of the sky?"
+
+
+def documents(tokenizer, count: int = 32, tokens: int = 200) -> list[str]:
+    """`count` documents of about `tokens` tokens, cut from the built-in evaluation set's prose."""
+    from qrr.export.validate import load_pairs
+
+    words = " ".join(d for q in load_pairs() for d in q.documents if d.isascii()).split()
+    docs, start = [], 0
+    for _ in range(count):
+        n = 120
+        while len(tokenizer.encode(" ".join(words[start : start + n]), add_special_tokens=False).ids) < tokens:
+            n += 10
+        docs.append(" ".join(words[start : start + n]))
+        start = (start + n) % max(1, len(words) - 400)
+    return docs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "fp16", "int8"])
+    parser.add_argument("--tokenizer", type=Path, default=None, help="a folder with the real Qwen3 tokenizer.json")
+    parser.add_argument("--work", type=Path, default=Path("out/bench"), help="where stand-in and artifacts are kept")
+    parser.add_argument("--out", type=Path, default=Path("out/bench"))
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    from tokenizers import Tokenizer
+
+    from qrr.export import export_onnx
+    from qrr.export.progress import Progress
+    from qrr.export.standin import make_standin
+    from qrr.export.validate import machine_info, versions
+    from qrr.runtime import Reranker
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    standin = args.work / "standin-0.6b"
+    if not (standin / "config.json").is_file():
+        make_standin(standin, shape="0.6b", tokenizer=args.tokenizer)
+    docs = documents(Tokenizer.from_file(str(standin / "tokenizer.json")))
+    rows = []
+    for precision in args.precisions:
+        artifact = args.work / f"standin-0.6b-{precision}"
+        if not (artifact / "qrr.json").is_file():
+            quant = {"fp32": "none"}.get(precision, precision)
+            export_onnx(str(standin), artifact, quant=quant, validate=False, progress=Progress())
+        devices = [args.device] + (["cpu"] if args.device != "cpu" else [])
+        for device in devices:
+            start = time.perf_counter()
+            rr = Reranker(artifact, device=device, threads=args.threads)
+            first = rr.score(QUERY, docs[:1])
+            cold = time.perf_counter() - start
+            for _ in range(args.warmup):
+                rr.score(QUERY, docs)
+            times = []
+            for _ in range(args.repeat):
+                t = time.perf_counter()
+                scores = rr.score(QUERY, docs)
+                times.append(time.perf_counter() - t)
+            best = min(times)
+            rows.append({
+                "precision": precision, "device": device, "threads": rr.threads, "pairs": len(docs),
+                "ms_per_pair": 1000 * best / len(docs), "pairs_per_s": len(docs) / best,
+                "median_s": statistics.median(times), "cold_start_s": cold, "first_score": first[0],
+                "score_mean": sum(scores) / len(scores),
+            })
+            print(json.dumps(rows[-1]), flush=True)
+    result = {"workload": "A: 1 query x 32 documents x ~200 tokens", "rows": rows,
+              "machine": machine_info(), "versions": versions()}
+    (args.out / "workload_a.json").write_text(json.dumps(result, indent=2))
+    table = ["| precision | device | pairs/s | ms/pair | cold start s |", "| --- | --- | ---: | ---: | ---: |"]
+    table += [f"| {r['precision']} | {r['device']} | {r['pairs_per_s']:.1f} | {r['ms_per_pair']:.1f} | {r['cold_start_s']:.2f} |"
+              for r in rows]
+    (args.out / "workload_a.md").write_text("\n".join(table) + "\n")
+    print("\n".join(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Activation-aware, function-preserving rescaling of a Qwen3 body before its weights are quantized.
+
+A few hidden channels of real LLMs carry activations ~100× the rest, and the weights that read them are
+small. Per-tensor or per-block activation quantization loses the small channels next to the big ones, and
+round-to-nearest weight quantization rounds the small weights of the big channels away. Both are cured by
+moving scale between an activation channel and the weights that read it, which the model allows exactly
+where a linear layer's input comes from an element-wise scale it can absorb:
+
+- q/k/v projections read RMSNorm(x) · g            → divide g, multiply their input columns
+- gate/up projections read RMSNorm(x) · g           → likewise with post_attention_layernorm
+- down projection reads act(gate) · up               → divide up's rows, multiply down's input columns
+
+With X' = X / s and W' = W · s the product is unchanged. SmoothQuant picks s_j = max|X_j|^α / max|W_j|^(1-α)
+(activations flat enough for int8 per block); AWQ picks s_j = mean|X_j|^α with α searched per site for the
+smallest output error once the weights are quantized. Both need calibration activations, passed explicitly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+SITES = ("attn", "mlp", "down")
+
+
+@dataclass
+class SiteStats:
+    """Per input channel |x| statistics of one site, and a sample of its input rows."""
+
+    absmax: torch.Tensor
+    absmean: torch.Tensor
+    sample: torch.Tensor  # [rows, channels]
+
+
+def _site_modules(layer):
+    attn, mlp = layer.self_attn, layer.mlp
+    return {
+        "attn": (attn.q_proj, [attn.q_proj, attn.k_proj, attn.v_proj]),
+        "mlp": (mlp.gate_proj, [mlp.gate_proj, mlp.up_proj]),
+        "down": (mlp.down_proj, [mlp.down_proj]),
+    }
+
+
+@torch.no_grad()
+def collect_stats(model, batches: Iterable[dict[str, torch.Tensor]], sample_rows: int = 512) -> list[dict[str, SiteStats]]:
+    """Run the calibration batches (input_ids, attention_mask) and record every site's input statistics."""
+    layers = model.model.layers
+    acc: list[dict[str, dict]] = [{s: {"max": None, "sum": None, "n": 0, "rows": []} for s in SITES} for _ in layers]
+    hooks = []
+    current_mask: dict[str, torch.Tensor] = {}
+
+    def hook(index: int, site: str):
+        def fn(module, inputs, output):
+            x = inputs[0]
+            mask = current_mask["mask"].bool()
+            rows = x[mask] if x.dim() == 3 else x
+            a = acc[index][site]
+            ab = rows.abs().float()
+            a["max"] = ab.amax(0) if a["max"] is None else torch.maximum(a["max"], ab.amax(0))
+            a["sum"] = ab.sum(0) if a["sum"] is None else a["sum"] + ab.sum(0)
+            a["n"] += rows.shape[0]
+            a["rows"].append(rows[torch.randperm(rows.shape[0])[: sample_rows // 4]].float())
+
+        return fn
+
+    for i, layer in enumerate(layers):
+        for site, (reader, _) in _site_modules(layer).items():
+            hooks.append(reader.register_forward_hook(hook(i, site)))
+    try:
+        for batch in batches:
+            current_mask["mask"] = batch["attention_mask"]
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    finally:
+        for h in hooks:
+            h.remove()
+    stats = []
+    for layer_acc in acc:
+        out = {}
+        for site, a in layer_acc.items():
+            if a["n"] == 0:
+                raise ValueError("calibration produced no activations; give at least one non-empty pair")
+            rows = torch.cat(a["rows"])
+            out[site] = SiteStats(a["max"], a["sum"] / a["n"], rows[torch.randperm(rows.shape[0])[:sample_rows]])
+        stats.append(out)
+    return stats
+
+
+@torch.no_grad()
+def fold(layer, site: str, scale: torch.Tensor) -> None:
+    """Divide the site's activations by `scale` per channel and multiply the reading weights' columns by it."""
+    scale = scale.to(torch.float32)
+    attn, mlp = layer.self_attn, layer.mlp
+    if site == "attn":
+        layer.input_layernorm.weight.div_(scale)
+    elif site == "mlp":
+        layer.post_attention_layernorm.weight.div_(scale)
+    elif site == "down":
+        mlp.up_proj.weight.div_(scale[:, None])
+    else:
+        raise ValueError(f"unknown site {site!r}")
+    for proj in _site_modules(layer)[site][1]:
+        proj.weight.mul_(scale[None, :])
+
+
+def fake_quant(weight: torch.Tensor, bits: int, block: int, symmetric: bool) -> torch.Tensor:
+    """Round-to-nearest blockwise quantization along the input dimension, as MatMulNBits stores it."""
+    out_f, in_f = weight.shape
+    pad = (-in_f) % block
+    w = torch.nn.functional.pad(weight, (0, pad)).reshape(out_f, -1, block)
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        scale = (w.abs().amax(-1, keepdim=True) / qmax).clamp(min=1e-12)
+        q = (w / scale).round().clamp(-qmax - 1, qmax) * scale
+    else:
+        qmax = 2**bits - 1
+        lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+        scale = ((hi - lo) / qmax).clamp(min=1e-12)
+        zero = (-lo / scale).round()
+        q = ((w / scale).round() + zero).clamp(0, qmax)
+        q = (q - zero) * scale
+    return q.reshape(out_f, -1)[:, :in_f]
+
+
+@torch.no_grad()
+def smoothquant(model, stats: list[dict[str, SiteStats]], alpha: float = 0.5) -> dict:
+    """SmoothQuant scales at every site; flattens activation outliers before int8 activation quantization."""
+    for layer, layer_stats in zip(model.model.layers, stats):
+        for site, st in layer_stats.items():
+            readers = _site_modules(layer)[site][1]
+            wmax = torch.stack([p.weight.abs().amax(0) for p in readers]).amax(0).clamp(min=1e-8)
+            s = (st.absmax.clamp(min=1e-8) ** alpha / wmax ** (1 - alpha)).clamp(min=1e-4)
+            fold(layer, site, s)
+    return {"method": "smoothquant", "alpha": alpha}
+
+
+@torch.no_grad()
+def awq(model, stats: list[dict[str, SiteStats]], *, bits: int = 4, block: int = 32, symmetric: bool = False,
+        grid: int = 11) -> dict:
+    """AWQ-style scales: s = mean|x|^α, α per site from a grid, chosen by the output error after quantization."""
+    chosen = []
+    for layer, layer_stats in zip(model.model.layers, stats):
+        for site, st in layer_stats.items():
+            readers = _site_modules(layer)[site][1]
+            x = st.sample
+            reference = [x @ p.weight.T.float() for p in readers]
+            best = (float("inf"), 0.0, None)
+            for k in range(grid):
+                alpha = k / (grid - 1)
+                s = st.absmean.clamp(min=1e-8) ** alpha
+                s = s / (s.max() * s.min()).sqrt()  # centre the scales around 1
+                err = 0.0
+                for p, ref in zip(readers, reference):
+                    wq = fake_quant(p.weight.float() * s[None, :], bits, block, symmetric)
+                    err += ((x / s) @ wq.T - ref).pow(2).mean().item()
+                if err < best[0]:
+                    best = (err, alpha, s)
+            fold(layer, site, best[2])
+            chosen.append(best[1])
+    return {"method": "awq", "bits": bits, "block_size": block, "alpha_mean": sum(chosen) / len(chosen)}

@@ -1,0 +1,111 @@
+"""int8 and int4: the graph they produce, and their accuracy on stand-ins with activation outliers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import needs_export
+
+needs_export()
+
+import onnx  # noqa: E402
+import torch  # noqa: E402
+
+from qrr.export import export_onnx, validate_artifact  # noqa: E402
+from qrr.export.progress import Progress  # noqa: E402
+from qrr.export.standin import make_standin  # noqa: E402
+from qrr.quant.smooth import fake_quant, fold  # noqa: E402
+from qrr.runtime import load_manifest  # noqa: E402
+
+QUIET = Progress(enabled=False)
+# The targets of the quantization issue, on the built-in set (README, "Quantization").
+TARGETS = {
+    "int8": {"max_abs_dp": 0.02, "spearman_mean": 0.99, "top1_agreement": 0.95},
+    "int4": {"spearman_mean": 0.97, "top1_agreement": 0.90},
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny stand-in trained briefly as a reranker, then given 100× activation outliers."""
+    return make_standin(tmp_path_factory.mktemp("trained") / "ckpt", seed=1, outliers=100.0, train_steps=TRAIN_STEPS)
+
+
+TRAIN_STEPS = 60
+
+
+@pytest.fixture(scope="module")
+def int4_artifact(tmp_path_factory, trained):
+    out = tmp_path_factory.mktemp("int4") / "artifact"
+    export_onnx(str(trained), out, quant="int4", validate=False, progress=QUIET)
+    return out
+
+
+def test_int4_graph(int4_artifact):
+    m = load_manifest(int4_artifact)
+    q = m["quantization"]
+    assert m["precision"] == "int4" and q["linear"]["bits"] == 4 and q["method"] == "awq"
+    assert q["embedding"]["op"] == "GatherBlockQuantized" and q["smoothing"]["calibration"]["pairs"] > 0
+    model = onnx.load(str(int4_artifact / "model.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert "GatherBlockQuantized" in ops and ops.count("MatMulNBits") == 2 * 7
+    bits = {a.i for n in model.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
+    assert bits == {4}
+    assert {t.name: t for t in model.graph.initializer}["direction"].data_type == onnx.TensorProto.FLOAT
+
+
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_presets_meet_the_targets_on_the_outlier_checkpoint(trained, tmp_path, quant):
+    out = tmp_path / quant
+    export_onnx(str(trained), out, quant=quant, validate=False, progress=QUIET)
+    metrics = validate_artifact(out, str(trained), max_drop=1.0)["metrics"]
+    for key, bound in TARGETS[quant].items():
+        ok = metrics[key] <= bound if key == "max_abs_dp" else metrics[key] >= bound
+        assert ok, f"{quant} {key} = {metrics[key]:.4f}, target {bound}"
+
+
+def test_plain_rounding_is_worse_than_smoothing_on_outliers(trained, tmp_path):
+    drift = {}
+    for method in ("rtn", "smoothquant"):
+        out = tmp_path / method
+        export_onnx(str(trained), out, quant="int8", method=method, accuracy_level=0, validate=False, progress=QUIET)
+        drift[method] = validate_artifact(out, str(trained), max_drop=1.0)["metrics"]["mean_abs_dp"]
+    assert drift["smoothquant"] < drift["rtn"]
+
+
+def test_fold_preserves_the_function(trained):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32).eval()
+    ids = torch.randint(0, 400, (2, 20))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        gen = torch.Generator().manual_seed(0)
+        for layer in model.model.layers:
+            for site, width in (("attn", model.config.hidden_size), ("mlp", model.config.hidden_size),
+                                ("down", model.config.intermediate_size)):
+                fold(layer, site, torch.rand(width, generator=gen) * 10 + 0.1)
+        after = model(input_ids=ids).logits
+    torch.testing.assert_close(before, after, atol=1e-3, rtol=1e-3)
+
+
+def test_fake_quant_matches_the_grid():
+    w = torch.randn(8, 64)
+    q = fake_quant(w, bits=8, block=32, symmetric=True)
+    scale = w.reshape(8, 2, 32).abs().amax(-1, keepdim=True) / 127
+    steps = (q.reshape(8, 2, 32) / scale)
+    assert torch.allclose(steps, steps.round(), atol=1e-4) and (q - w).abs().max() <= scale.max() / 2 + 1e-6
+
+
+def test_int4_is_smaller_than_int8(int4_artifact, int8_artifact):
+    size = lambda a: sum(json.loads((a / "qrr.json").read_text())["files"].values())  # noqa: E731
+    assert size(int4_artifact) < size(int8_artifact)
+
+
+def test_options_only_for_int8_and_int4(trained, tmp_path):
+    with pytest.raises(Exception, match="apply to int8 and int4"):
+        export_onnx(str(trained), tmp_path / "x", quant="none", method="awq", progress=QUIET)
+    with pytest.raises(Exception, match="unknown method"):
+        export_onnx(str(trained), tmp_path / "y", quant="int4", method="gptq-ish", progress=QUIET)
