@@ -10,10 +10,11 @@ source="${1:-}"
 work="${QRR_WORK:-out}"
 mkdir -p "$work"
 if [ -z "$source" ]; then
-  source="$work/standin-0.6b"
+  shape="${QRR_SHAPE:-0.6b}"   # tiny or small for a quick trial of the pipeline
+  source="$work/standin-$shape"
   tok=()
   [ -f ../shared/fixtures/qwen3-tokenizer/tokenizer.json ] && tok=(--tokenizer ../shared/fixtures/qwen3-tokenizer)
-  [ -d "$source" ] || qrr standin --shape 0.6b -o "$source" "${tok[@]}"
+  [ -d "$source" ] || qrr standin --shape "$shape" -o "$source" "${tok[@]}"
 fi
 artifact="$work/$(basename "$source")-int8"
 rm -rf "$artifact"

@@ -102,13 +102,25 @@ def _validate(args: argparse.Namespace) -> int:
     except ImportError:
         raise QrrError(EXPORT_EXTRA) from None
     progress = Progress(enabled=not args.json)
+    failed = None
     try:
         report = validate_artifact(
             args.artifact, args.reference, data=args.data, max_drop=args.max_drop, threads=args.threads,
-            use_cache=not args.no_cache, log=progress.log,
+            device=args.device, use_cache=not args.no_cache, log=progress.log,
         )
-    except ValidationError as exc:
-        print(f"qrr: {exc}", file=sys.stderr)
+    except ValidationError as exc:  # the report was written before the gate closed
+        failed = exc
+        report = json.loads((args.artifact / "validation.json").read_text(encoding="utf-8"))
+    if args.html:
+        from qrr.export.html_report import latency_by_length, write_html
+        from qrr.export.validate import load_pairs
+        from qrr.runtime import Reranker
+
+        rr = Reranker(args.artifact, device=args.device, threads=args.threads)
+        page = write_html(report, args.html, latency_by_length(rr, load_pairs(args.data)))
+        progress.log(f"report page written to {page}")
+    if failed is not None:
+        print(f"qrr: {failed}", file=sys.stderr)
         return 1
     print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_report(report))
     return 0
@@ -159,6 +171,23 @@ def _rerank(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from qrr.server import ServerConfig, create_app
+    except ImportError:
+        raise QrrError("qrr serve needs the server extra (FastAPI, uvicorn): pip install 'qrr[server]'") from None
+    from qrr.runtime import Reranker
+
+    rr = Reranker(args.artifact, device=args.device, threads=args.threads, max_length=args.max_length)
+    config = ServerConfig(max_documents=args.max_documents, max_in_flight=args.max_in_flight)
+    print(f"qrr: serving {args.artifact} ({rr.manifest['precision']}) on http://{args.host}:{args.port}", file=sys.stderr)
+    uvicorn.run(create_app(rr, config), host=args.host, port=args.port, log_level="warning",
+                timeout_graceful_shutdown=int(config.shutdown_grace_s))
+    return 0
+
+
 def _standin(args: argparse.Namespace) -> int:
     try:
         from qrr.export.standin import make_standin
@@ -185,9 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=None, help="JSON Lines {query, document, label?} (default: built-in set)")
     p.add_argument("--max-drop", type=_positive_float, default=None, help="largest allowed |ΔP(yes)|")
     p.add_argument("--threads", type=_positive_int, default=None, help="threads for both (default: physical cores)")
+    p.add_argument("--device", default="cpu", help="where the artifact runs: cpu, cuda, cuda:N, dml, auto "
+                   "(the reference always runs on the CPU)")
     p.add_argument("--no-cache", action="store_true",
                    help="rerun the PyTorch reference even when its scores for this checkpoint and data are cached")
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    p.add_argument("--html", type=Path, default=None, help="also write the report as a page with plots")
     p.set_defaults(run=_validate)
 
     p = sub.add_parser("rerank", help="rank documents for a query with an artifact")
@@ -201,6 +233,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, default=None)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=_rerank)
+
+    p = sub.add_parser("serve", help="serve an artifact over HTTP: /v1/rerank, /rerank, /v1/score, /metrics")
+    p.add_argument("artifact", type=Path)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=_positive_int, default=8080)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, dml or auto (default: cpu)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="scoring threads (default: physical cores)")
+    p.add_argument("--max-length", type=_positive_int, default=None,
+                   help="tokens per pair with the prompt; longer documents are truncated, or 413 with truncate=false")
+    p.add_argument("--max-documents", type=_positive_int, default=1000, help="documents per request (default 1000)")
+    p.add_argument("--max-in-flight", type=_positive_int, default=64,
+                   help="requests queued or scoring; more get 503 with Retry-After (default 64)")
+    p.set_defaults(run=_serve)
 
     p = sub.add_parser("standin", help="write a random-weight Qwen3 checkpoint of a published shape (offline demos)")
     p.add_argument("-o", "--output", required=True, type=Path)

@@ -249,6 +249,7 @@ def validate_artifact(
     data: str | Path | None = None,
     max_drop: float | None = None,
     threads: int | None = None,
+    device: str = "cpu",
     write: bool = True,
     use_cache: bool = True,
     log: Callable[[str], None] = lambda s: None,
@@ -257,7 +258,7 @@ def validate_artifact(
 
     Writes validation.json (and the summary into qrr.json) when `write`; raises ValidationError after
     writing when max |ΔP| exceeds `max_drop` (default: DEFAULT_MAX_DROP for the artifact's precision).
-    With `use_cache`, the reference's scores and timing are kept in the user cache and reused while the
+    The artifact runs on `device`; the reference always runs on the CPU. With `use_cache`, the reference's scores and timing are kept in the user cache and reused while the
     checkpoint's files, the data, max_length, threads and package versions are the same.
     """
     from .checkpoint import resolve
@@ -275,7 +276,7 @@ def validate_artifact(
 
     log(f"scoring {pairs} pairs ({len(queries)} queries) with the artifact")
     with PeakRSS() as art_mem:
-        rr = Reranker(artifact, threads=threads)
+        rr = Reranker(artifact, device=device, threads=threads)
         art_scores, art_time = _timed_scores(lambda p, i: rr.score_pairs(p, instruction=i), queries)
     max_length, used_threads = rr.max_length, rr.threads
     del rr
@@ -309,6 +310,7 @@ def validate_artifact(
     report = {
         "artifact": str(artifact),
         "precision": precision,
+        "device": device,
         "reference": {
             "source": reference,
             "recipe": "Qwen3-Reranker model card, transformers example, fp32, batch 8, left padding",
@@ -329,6 +331,7 @@ def validate_artifact(
         "scores": {
             "reference": [float(x) for r in ref_scores for x in r],
             "artifact": [float(x) for a in art_scores for x in a],
+            "query_sizes": [len(q.documents) for q in queries],
         },
         "machine": machine_info(),
         "versions": versions(),

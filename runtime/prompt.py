@@ -66,11 +66,13 @@ class PromptTokenizer:
             document=document,
         )
 
-    def encode(self, pairs: Sequence[tuple[str, str]], instruction: str | None = None) -> list[list[int]]:
-        """Token ids of the full prompt for each pair, truncated as the recipe does."""
+    def encode(
+        self, pairs: Sequence[tuple[str, str]], instruction: str | None = None, *, truncate: bool = True
+    ) -> list[list[int]]:
+        """Token ids of the full prompt for each pair, truncated as the recipe does (or not, to measure)."""
         texts = [self.pair_text(q, d, instruction) for q, d in pairs]
         encodings = self._tok.encode_batch(texts, add_special_tokens=False)
-        budget = self.pair_budget
+        budget = self.pair_budget if truncate else None
         return [self.prefix_ids + e.ids[:budget] + self.suffix_ids for e in encodings]
 
 

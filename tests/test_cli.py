@@ -98,5 +98,8 @@ def test_validation_gate_exit_code(standin, fp32_artifact, tmp_path, capsys):
     import shutil
 
     art = shutil.copytree(fp32_artifact, tmp_path / "a")
-    assert main(["validate", str(art), "--reference", str(standin), "--max-drop", "1e-15"]) == 1
+    page = tmp_path / "report.html"
+    assert main(["validate", str(art), "--reference", str(standin), "--max-drop", "1e-15", "--html", str(page)]) == 1
     assert "fails validation" in capsys.readouterr().err
+    text = page.read_text()
+    assert "FAIL" in text and text.count("data:image/png;base64,") == 3

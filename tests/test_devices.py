@@ -137,3 +137,10 @@ def test_fp32_on_test_device(fp32_artifact, reference):
 def test_auto_device_runs(fp32_artifact):
     assert len(Reranker(fp32_artifact, device="auto").score(QUERY, DOCS[:2])) == 2
 
+
+
+def test_validation_runs_the_artifact_on_the_chosen_device(artifact_copy, standin):
+    from qrr.export import validate_artifact
+
+    report = validate_artifact(artifact_copy, str(standin), device=TEST_DEVICE)
+    assert report["device"] == TEST_DEVICE and report["passed"]

@@ -33,11 +33,12 @@ def test_outliers_preserve_the_function_and_create_outliers(tmp_path):
 
 @pytest.fixture(scope="module")
 def outlier_standin(tmp_path_factory):
-    return make_standin(tmp_path_factory.mktemp("outliers") / "ckpt", seed=5, init_std=0.2, outliers=100.0)
+    return make_standin(tmp_path_factory.mktemp("outliers") / "ckpt", seed=5, outliers=100.0, train_steps=40)
 
 
-@pytest.mark.parametrize("quant, tolerance", [("int8", 0.03), ("fp16", 0.01)])
-def test_quantized_artifacts_survive_outliers(outlier_standin, tmp_path, quant, tolerance):
+# int8 and int4 against the quantization targets on an outlier checkpoint: tests/test_quant.py
+@pytest.mark.parametrize("quant, tolerance", [("fp16", 0.01)])
+def test_fp16_survives_outliers(outlier_standin, tmp_path, quant, tolerance):
     from qrr.export import export_onnx, validate_artifact
     from qrr.export.progress import Progress
 

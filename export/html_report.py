@@ -1,0 +1,116 @@
+"""`qrr validate --html`: the validation report as one self-contained page with plots.
+
+Plots (matplotlib, embedded as PNG): artifact vs reference P(yes) per pair, rank agreement (Spearman) per
+query, and the artifact's latency by prompt length.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qrr.runtime import Reranker
+
+from .validate import Query, spearman
+
+
+def latency_by_length(rr: Reranker, queries: list[Query], samples: int = 24) -> list[tuple[int, float]]:
+    """(prompt tokens, ms) for single pairs spread over the data's lengths; best of two runs each."""
+    pairs = [(q, d) for q in queries for d in q.documents]
+    lengths = [len(ids) for ids in rr.tokenizer.encode([(q.query, d) for q, d in pairs])]
+    picks = np.unique(np.linspace(0, len(pairs) - 1, samples).astype(int))
+    order = np.argsort(lengths)
+    out = []
+    for i in order[picks]:
+        q, d = pairs[i]
+        best = float("inf")
+        for _ in range(2):
+            t = time.perf_counter()
+            rr.score_pairs([(q.query, d)], instruction=q.instruction)
+            best = min(best, time.perf_counter() - t)
+        out.append((lengths[i], 1000 * best))
+    return out
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def write_html(report: dict[str, Any], path: str | Path, latency: list[tuple[int, float]]) -> Path:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from qrr.runtime.errors import QrrError
+
+        raise QrrError("--html needs matplotlib: pip install matplotlib") from None
+    ref = np.asarray(report["scores"]["reference"])
+    art = np.asarray(report["scores"]["artifact"])
+    sizes = report["scores"]["query_sizes"]
+    bounds = np.cumsum([0, *sizes])
+    rhos = [spearman(ref[a:b], art[a:b]) for a, b in zip(bounds[:-1], bounds[1:]) if b - a >= 2]
+
+    figs = []
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(ref, art, s=10, alpha=0.6)
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
+    ax.set(xlabel="reference P(yes)", ylabel="artifact P(yes)", title="scores, pair by pair", xlim=(0, 1), ylim=(0, 1))
+    figs.append(("Artifact against reference", _png(fig)))
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar(range(1, len(rhos) + 1), rhos)
+    ax.set(xlabel="query", ylabel="Spearman", title="rank agreement per query", ylim=(min(0.0, min(rhos or [0])), 1.02))
+    figs.append(("Rank agreement per query", _png(fig)))
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    if latency:
+        xs, ys = zip(*latency)
+        ax.plot(xs, ys, "o-")
+    ax.set(xlabel="prompt tokens", ylabel="ms per pair (alone)", title="artifact latency by length")
+    figs.append(("Latency by document length", _png(fig)))
+    plt.close(fig)
+
+    m, lat = report["metrics"], report["latency"]
+    rows = [
+        ("max |ΔP|", f"{m['max_abs_dp']:.3g} (allowed {report['max_drop']:g})"),
+        ("mean |ΔP|", f"{m['mean_abs_dp']:.3g}"),
+        ("Spearman mean / min", f"{m['spearman_mean']:.4f} / {m['spearman_min']:.4f}"),
+        ("top-1 / top-10 agreement", f"{m['top1_agreement']:.1%} / {m['top10_agreement']:.1%}"),
+        ("NDCG@10 vs reference", f"{m['ndcg10_vs_reference']:.4f}"),
+        ("artifact", f"{lat['artifact']['ms_per_pair']:.1f} ms/pair, peak RSS {lat['artifact']['peak_rss_mib']:.0f} MiB"),
+        ("reference", f"{lat['reference']['ms_per_pair']:.1f} ms/pair, peak RSS {lat['reference']['peak_rss_mib']:.0f} MiB"),
+    ]
+    if "labelled" in m:
+        lab = m["labelled"]
+        rows.append(("NDCG@10 drop (labels)", f"{lab['ndcg10_drop_points']:+.2f} points"))
+        rows.append(("MRR drop (labels)", f"{lab['mrr_drop_points']:+.2f} points"))
+    verdict = "PASS" if report["passed"] else "FAIL"
+    body = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    images = "\n".join(f'<figure><figcaption>{html.escape(t)}</figcaption><img alt="{html.escape(t)}" '
+                       f'src="data:image/png;base64,{b64}"></figure>' for t, b64 in figs)
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>qrr validation: {html.escape(str(report['artifact']))}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:960px}} table{{border-collapse:collapse}}
+th,td{{text-align:left;padding:4px 12px;border-bottom:1px solid #ddd}} .PASS{{color:#070}} .FAIL{{color:#b00}}
+figure{{margin:1.5em 0}} img{{max-width:100%}}</style></head>
+<body><h1>Validation: <span class="{verdict}">{verdict}</span></h1>
+<p>{html.escape(str(report['artifact']))} ({html.escape(report['precision'])}) against
+{html.escape(report['reference']['source'])} — {m['pairs']} pairs, {m['queries']} queries ({html.escape(report['data'])}),
+{lat['threads']} threads, {html.escape(report['machine']['cpu'])}.</p>
+<table>{body}</table>
+{images}
+</body></html>
+"""
+    path = Path(path)
+    path.write_text(page, encoding="utf-8")
+    return path
