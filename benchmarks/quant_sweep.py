@@ -31,13 +31,16 @@ def dynamic_int8(ckpt: Path, art: Path) -> None:
     from qrr.runtime.manifest import file_sizes
 
     export_onnx(str(ckpt), art, quant="none", validate=False, progress=Progress(enabled=False))
+    import onnx
+
     tmp = art / "dynamic.onnx"
+    graph = onnx.load(str(art / "model.onnx"), load_external_data=False).graph
+    head = [n.name for n in graph.node if n.op_type == "MatMul" and "direction" in n.input]  # keep the head fp32
     quantize_dynamic(art / "model.onnx", tmp, weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul"], use_external_data_format=True)
+                     op_types_to_quantize=["MatMul"], nodes_to_exclude=head, use_external_data_format=True)
     for name in ("model.onnx", "model.onnx.data"):
         (art / name).unlink()
     from qrr.quant import save_model
-    import onnx
 
     save_model(onnx.load(str(tmp)), art / "model.onnx")
     for extra in art.iterdir():
