@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "fp16", "int8"])
     parser.add_argument("--tokenizer", type=Path, default=None, help="a folder with the real Qwen3 tokenizer.json")
+    parser.add_argument("--shape", default="0.6b", help="stand-in shape (tiny for a quick trial)")
     parser.add_argument("--work", type=Path, default=Path("out/bench"), help="where stand-in and artifacts are kept")
     parser.add_argument("--out", type=Path, default=Path("out/bench"))
     parser.add_argument("--warmup", type=int, default=1)
@@ -54,13 +55,13 @@ def main(argv: list[str] | None = None) -> int:
 
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    standin = args.work / "standin-0.6b"
+    standin = args.work / f"standin-{args.shape}"
     if not (standin / "config.json").is_file():
-        make_standin(standin, shape="0.6b", tokenizer=args.tokenizer)
+        make_standin(standin, shape=args.shape, tokenizer=args.tokenizer)
     docs = documents(Tokenizer.from_file(str(standin / "tokenizer.json")))
     rows = []
     for precision in args.precisions:
-        artifact = args.work / f"standin-0.6b-{precision}"
+        artifact = args.work / f"standin-{args.shape}-{precision}"
         if not (artifact / "qrr.json").is_file():
             quant = {"fp32": "none"}.get(precision, precision)
             export_onnx(str(standin), artifact, quant=quant, validate=False, progress=Progress())

@@ -225,12 +225,11 @@ class Reranker:
         """Run with I/O binding: inputs copied to the device once, the output allocated there."""
         import onnxruntime as ort
 
-        kind, index = self.io_device
-        device_type = {"cuda": "cuda", "dml": "dml", "cpu": "cpu"}[kind]
+        kind, index = self.io_device  # onnxruntime's device names are ours: cpu, cuda, dml
         binding = self.session.io_binding()
         for name in self._input_names:
-            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(feeds[name], device_type, index))
-        binding.bind_output(self._output_name, device_type, index)
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(feeds[name], kind, index))
+        binding.bind_output(self._output_name, kind, index)
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 
