@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from results_io import save
+
 CHILD = r"""
 import json, sys, time, psutil
 t0 = time.perf_counter()
@@ -40,13 +42,10 @@ def main(argv: list[str] | None = None) -> int:
                              capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cold_start.json").write_text(json.dumps({"artifact": str(args.artifact), "rows": rows}, indent=2))
-    table = ["| threads | cold start s (import + load + first score) | ms/pair | RSS MiB |", "| ---: | ---: | ---: | ---: |"]
-    table += [f"| {r['threads']} | {r['cold_start_s']:.2f} | {r['ms_per_pair_16x~80_tokens']:.1f} | {r['rss_mib']:.0f} |"
-              for r in rows]
-    print("\n".join(table))
-    (args.out / "cold_start.md").write_text("\n".join(table) + "\n")
+    save(args.out, "cold_start", {"artifact": str(args.artifact), "rows": rows},
+         ["threads", "cold start s (import + load + first score)", "ms/pair", "RSS MiB"],
+         [[str(r["threads"]), f"{r['cold_start_s']:.2f}", f"{r['ms_per_pair_16x~80_tokens']:.1f}", f"{r['rss_mib']:.0f}"]
+          for r in rows])
     return 0
 
 

@@ -18,6 +18,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from results_io import save
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,15 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
-    args.out.mkdir(parents=True, exist_ok=True)
     result = {"artifact": str(args.artifact), "precision": rr.manifest["precision"], "docs_per_request": args.docs,
               "threads": rr.threads, "rows": rows, "machine": machine_info(), "versions": versions()}
-    (args.out / "load_test.json").write_text(json.dumps(result, indent=2))
-    table = ["| clients | pairs/s | p50 ms | p95 ms | p99 ms |", "| ---: | ---: | ---: | ---: | ---: |"]
-    table += [f"| {r['clients']} | {r['pairs_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} |"
-              for r in rows]
-    (args.out / "load_test.md").write_text("\n".join(table) + "\n")
-    print("\n".join(table))
+    save(args.out, "load_test", result, ["clients", "pairs/s", "p50 ms", "p95 ms", "p99 ms"],
+         [[str(r["clients"]), f"{r['pairs_per_s']:.1f}", f"{r['p50_ms']:.0f}", f"{r['p95_ms']:.0f}", f"{r['p99_ms']:.0f}"]
+          for r in rows])
     return 0
 
 

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from results_io import save
+
 QUERY = "How does sunlight scattering in the atmosphere change the colour of the sky?"
 
 
@@ -88,12 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(rows[-1]), flush=True)
     result = {"workload": "A: 1 query x 32 documents x ~200 tokens", "rows": rows,
               "machine": machine_info(), "versions": versions()}
-    (args.out / "workload_a.json").write_text(json.dumps(result, indent=2))
-    table = ["| precision | device | pairs/s | ms/pair | cold start s |", "| --- | --- | ---: | ---: | ---: |"]
-    table += [f"| {r['precision']} | {r['device']} | {r['pairs_per_s']:.1f} | {r['ms_per_pair']:.1f} | {r['cold_start_s']:.2f} |"
-              for r in rows]
-    (args.out / "workload_a.md").write_text("\n".join(table) + "\n")
-    print("\n".join(table))
+    save(args.out, "workload_a", result, ["precision", "device", "pairs/s", "ms/pair", "cold start s"],
+         [[r["precision"], r["device"], f"{r['pairs_per_s']:.1f}", f"{r['ms_per_pair']:.1f}", f"{r['cold_start_s']:.2f}"]
+          for r in rows])
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
-from qrr.runtime.prompt import DEFAULT_MAX_LENGTH, PREFIX, SUFFIX, TEMPLATE, DEFAULT_INSTRUCTION
+from qrr.runtime.prompt import DEFAULT_MAX_LENGTH, PREFIX, SUFFIX, pair_text
 
 from .checkpoint import Checkpoint, load_model, load_tokenizer, yes_no_ids
 
@@ -47,8 +47,7 @@ class ReferenceScorer(RecipeTokenizer):
     def score_pairs(self, pairs: Sequence[tuple[str, str]], instruction: str | None = None) -> list[float]:
         import torch
 
-        instruction = DEFAULT_INSTRUCTION if instruction is None else instruction
-        texts = [TEMPLATE.format(instruction=instruction, query=q, document=d) for q, d in pairs]
+        texts = [pair_text(q, d, instruction) for q, d in pairs]
         scores: list[float] = []
         with torch.no_grad():
             for start in range(0, len(texts), self.batch_size):

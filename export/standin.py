@@ -185,7 +185,7 @@ def train_reranker(model, tok, steps: int, *, seed: int = 0, batch: int = 16, lr
 
     import torch
 
-    from qrr.runtime.prompt import DEFAULT_INSTRUCTION, TEMPLATE
+    from qrr.runtime.prompt import pair_text
 
     from .validate import load_pairs
 
@@ -193,7 +193,7 @@ def train_reranker(model, tok, steps: int, *, seed: int = 0, batch: int = 16, lr
     prefix = tok.encode(PREFIX, add_special_tokens=False).ids
     suffix = tok.encode(SUFFIX, add_special_tokens=False).ids
     yes, no = tok.token_to_id("yes"), tok.token_to_id("no")
-    texts = [TEMPLATE.format(instruction=q.instruction or DEFAULT_INSTRUCTION, query=q.query, document=d) for q, d, _ in rows]
+    texts = [pair_text(q.query, d, q.instruction) for q, d, _ in rows]
     ids = [prefix + e.ids[:384] + suffix for e in tok.encode_batch(texts, add_special_tokens=False)]
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)

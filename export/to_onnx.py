@@ -12,7 +12,7 @@ from typing import Any
 
 from qrr.runtime.errors import QrrError
 from qrr.runtime.manifest import FORMAT_VERSION, MANIFEST_NAME, file_sizes, qrr_version, write_json
-from qrr.runtime.prompt import DEFAULT_INSTRUCTION, DEFAULT_MAX_LENGTH, PREFIX, SUFFIX, TEMPLATE
+from qrr.runtime.prompt import DEFAULT_INSTRUCTION, DEFAULT_MAX_LENGTH, PREFIX, SUFFIX, TEMPLATE, pair_text
 
 from .checkpoint import Checkpoint, load_model, load_tokenizer, resolve, yes_no_ids
 from .graph import INPUT_NAMES, OUTPUT_NAMES, ScoringModule
@@ -20,6 +20,7 @@ from .progress import Progress
 
 QUANT_CHOICES = ("none", "int8", "int4", "fp16")
 METHODS = ("rtn", "hqq", "awq", "smoothquant")
+SCALING_METHODS = ("awq", "smoothquant")  # fold activation-aware scales, from calibration pairs
 # Chosen by measurement (README, "Quantization"): accuracy first, speed second.
 PRESETS: dict[str, dict[str, Any]] = {
     "int8": {"bits": 8, "block_size": 32, "symmetric": True, "accuracy_level": 4, "embedding_bits": 8,
@@ -69,7 +70,7 @@ def export_onnx(
                 settings[key] = value
         if settings["method"] not in METHODS:
             raise QrrError(f"unknown method {settings['method']!r}; choose one of {', '.join(METHODS)}")
-        if calibration is not None and settings["method"] not in ("awq", "smoothquant"):
+        if calibration is not None and settings["method"] not in SCALING_METHODS:
             raise QrrError(f"calibration pairs feed awq and smoothquant; method {settings['method']} uses none")
     elif method is not None or block_size is not None or accuracy_level is not None or calibration is not None:
         raise QrrError(f"method, block size, accuracy level and calibration apply to int8 and int4, not {quant}")
@@ -88,7 +89,7 @@ def export_onnx(
             with progress.step("loading the checkpoint in fp32"):
                 model = load_model(checkpoint, attn_implementation="eager")
             smoothing = None
-            if settings.get("method") in ("awq", "smoothquant"):
+            if settings.get("method") in SCALING_METHODS:
                 with progress.step(f"calibrating {settings['method']} scales"):
                     smoothing = smooth(model, tokenizer, settings, calibration, max_length)
             body = "fp16" if quant == "fp16" else "fp32"
@@ -145,8 +146,6 @@ def smooth(model, tokenizer, settings: dict[str, Any], calibration, max_length: 
     """Fold activation-aware scales into the torch model, from the calibration pairs' activations."""
     import random
 
-    import torch
-
     from qrr.quant import smooth as sm
 
     from .reference import RecipeTokenizer
@@ -159,8 +158,7 @@ def smooth(model, tokenizer, settings: dict[str, Any], calibration, max_length: 
     recipe = RecipeTokenizer(tokenizer, max_length)
     batches = []
     for start in range(0, len(pairs), 8):
-        texts = [TEMPLATE.format(instruction=q.instruction or DEFAULT_INSTRUCTION, query=q.query, document=d)
-                 for q, d in pairs[start : start + 8]]
+        texts = [pair_text(q.query, d, q.instruction) for q, d in pairs[start : start + 8]]
         inputs = recipe.process_inputs(texts)
         batches.append({"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]})
     stats = sm.collect_stats(model, batches)

@@ -91,7 +91,7 @@ def collect_stats(model, batches: Iterable[dict[str, torch.Tensor]], sample_rows
 def fold(layer, site: str, scale: torch.Tensor) -> None:
     """Divide the site's activations by `scale` per channel and multiply the reading weights' columns by it."""
     scale = scale.to(torch.float32)
-    attn, mlp = layer.self_attn, layer.mlp
+    mlp = layer.mlp
     if site == "attn":
         layer.input_layernorm.weight.div_(scale)
     elif site == "mlp":

@@ -25,6 +25,20 @@ DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that
 DEFAULT_MAX_LENGTH = 8192
 
 
+def pair_text(
+    query: str,
+    document: str,
+    instruction: str | None = None,
+    *,
+    template: str = TEMPLATE,
+    default_instruction: str = DEFAULT_INSTRUCTION,
+) -> str:
+    """The recipe's pair text; `instruction=None` means the default instruction."""
+    return template.format(
+        instruction=default_instruction if instruction is None else instruction, query=query, document=document
+    )
+
+
 class PromptTokenizer:
     """Turns (query, document) pairs into the recipe's token ids."""
 
@@ -60,10 +74,8 @@ class PromptTokenizer:
             )
 
     def pair_text(self, query: str, document: str, instruction: str | None = None) -> str:
-        return self.template.format(
-            instruction=self.default_instruction if instruction is None else instruction,
-            query=query,
-            document=document,
+        return pair_text(
+            query, document, instruction, template=self.template, default_instruction=self.default_instruction
         )
 
     def encode(
