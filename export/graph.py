@@ -2,6 +2,23 @@
 
 The vocabulary head is never computed: the logit difference of two rows of a linear layer is one dot product
 with the difference of the rows. The direction and the final dot product stay in fp32.
+
+The graph takes a shared past (the keys and values of a prefix that every row of the batch continues), so
+that the runtime computes the prompt prefix and the query once per query and feeds only each document's
+tokens (prefix reuse, DESIGN.md). The past has batch 1 and is broadcast inside the attention matmuls, never
+copied per row. Rows are right padded: with a causal mask a real token only ever sees the past and the real
+tokens before it, so the padding needs no key mask. An empty past (length 0) scores whole sequences.
+
+Inputs
+  input_ids        int64 [B, L]   new tokens, right padded
+  attention_mask   int64 [B, L]   1 for real tokens; the score is read at index sum − 1 of each row
+  past_key_values  float [layers, 2, kv_heads, P, head_dim]   keys (after RoPE) and values of the shared past
+  present_length   int64 []       how many of row 0's new positions to return in `present` (0 while scoring)
+Outputs
+  score_logit      fp32  [B]
+  present          float [layers, 2, kv_heads, present_length, head_dim]   row 0's new keys and values
+
+Positions continue the past: P + 0 … P + L − 1.
 """
 
 from __future__ import annotations
@@ -9,36 +26,72 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-INPUT_NAMES = ["input_ids", "attention_mask", "position_ids"]
-OUTPUT_NAMES = ["score_logit"]
+INPUT_NAMES = ["input_ids", "attention_mask", "past_key_values", "present_length"]
+OUTPUT_NAMES = ["score_logit", "present"]
 
 
 class ScoringModule(nn.Module):
-    """input_ids, attention_mask, position_ids [B, T] (right padded) → score logit [B] (fp32).
-
-    The logit is read at each row's last real token, index ``sum(attention_mask) - 1``.
-    """
-
     def __init__(self, causal_lm: nn.Module, yes_token_id: int, no_token_id: int) -> None:
         super().__init__()
         self.body = causal_lm.model
+        cfg = causal_lm.config
+        self.heads = cfg.num_attention_heads
+        self.kv_heads = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         head = causal_lm.get_output_embeddings().weight
         direction = (head[yes_token_id].double() - head[no_token_id].double()).float()
         # a parameter, not a buffer, so that the exporter keeps it as a named fp32 initializer
         self.direction = nn.Parameter(direction.detach().clone(), requires_grad=False)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        past_key_values: torch.Tensor,
+        present_length: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         batch, length = input_ids.shape
-        dtype = self.body.embed_tokens.weight.dtype
+        past = past_key_values.shape[3]
+        body = self.body
+        hidden = body.embed_tokens(input_ids)
+        positions = (torch.arange(length, device=input_ids.device) + past).unsqueeze(0)
+        cos, sin = body.rotary_emb(hidden, positions)  # [1, L, head_dim]
+        # Causal mask of the new tokens, one block of rows per query head of a key/value group.
         steps = torch.arange(length, device=input_ids.device)
-        allowed = (steps[None, :] <= steps[:, None])[None, None] & attention_mask.bool()[:, None, None, :]
-        additive = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
-        hidden = self.body(
-            input_ids=input_ids,
-            attention_mask={"full_attention": additive},
-            position_ids=position_ids,
-            use_cache=False,
-        ).last_hidden_state
+        future = (steps[None, :] > steps[:, None]).repeat(self.heads // self.kv_heads, 1)
+        additive = torch.zeros(future.shape, dtype=torch.float32).masked_fill(future, torch.finfo(torch.float32).min)
+        presents = []
+        for index, layer in enumerate(body.layers):
+            residual = hidden
+            x = layer.input_layernorm(hidden)
+            attn, new_kv = self._attention(layer.self_attn, x, cos, sin, past_key_values[index], additive)
+            presents.append(new_kv[0, :, :, :present_length])  # row 0, cut before stacking
+            hidden = residual + attn
+            residual = hidden
+            hidden = residual + layer.mlp(layer.post_attention_layernorm(hidden))
+        hidden = body.norm(hidden)
         last = (attention_mask.sum(dim=-1) - 1).view(batch, 1, 1).expand(batch, 1, hidden.shape[-1])
         h_last = hidden.gather(1, last)[:, 0, :].float()
-        return h_last @ self.direction
+        return h_last @ self.direction, torch.stack(presents)
+
+    def _attention(self, attn, x, cos, sin, past, additive):
+        """Grouped-query attention of the new tokens over [shared past ; themselves], batch-broadcast past."""
+        from transformers.models.qwen3.modeling_qwen3 import apply_rotary_pos_emb
+
+        batch, length, _ = x.shape
+        heads, kv_heads, hd = self.heads, self.kv_heads, self.head_dim
+        group = heads // kv_heads
+        q = attn.q_norm(attn.q_proj(x).view(batch, length, heads, hd)).transpose(1, 2)
+        k = attn.k_norm(attn.k_proj(x).view(batch, length, kv_heads, hd)).transpose(1, 2)
+        v = attn.v_proj(x).view(batch, length, kv_heads, hd).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        # query head h uses key/value head h // group: stack each group's heads along the rows
+        q = q.reshape(batch, kv_heads, group * length, hd)
+        past_k, past_v = past[0].unsqueeze(0), past[1].unsqueeze(0)  # [1, kv, P, hd]
+        scores_past = (torch.matmul(q, past_k.transpose(2, 3)) * attn.scaling).float()
+        scores_new = (torch.matmul(q, k.transpose(2, 3)) * attn.scaling).float() + additive
+        weights = torch.softmax(torch.cat([scores_past, scores_new], dim=-1), dim=-1).to(q.dtype)
+        split = past_k.shape[2]
+        out = torch.matmul(weights[..., :split], past_v) + torch.matmul(weights[..., split:], v)
+        out = out.reshape(batch, heads, length, hd).transpose(1, 2).reshape(batch, length, heads * hd)
+        return attn.o_proj(out), torch.stack([k, v], dim=1)  # [B, 2, kv, L, hd]

@@ -176,17 +176,25 @@ def trace(model, yes_id: int, no_id: int, path: Path, *, fp16: bool = False) -> 
     module = ScoringModule(model, yes_id, no_id).eval()
     if fp16:
         module.body.half()  # the head direction was taken in fp32 above and stays fp32
+    dtype = torch.float16 if fp16 else torch.float32
     ids = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 0]], dtype=torch.long)
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.long)
-    positions = torch.arange(4).expand(2, 4).contiguous()
-    axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
-    axes[OUTPUT_NAMES[0]] = {0: "batch"}
+    layers = len(module.body.layers)
+    past = torch.zeros(layers, 2, module.kv_heads, 3, module.head_dim, dtype=dtype)
+    keep = torch.tensor(2, dtype=torch.long)
+    axes = {
+        "input_ids": {0: "batch", 1: "sequence"},
+        "attention_mask": {0: "batch", 1: "sequence"},
+        "past_key_values": {3: "past_sequence"},
+        "score_logit": {0: "batch"},
+        "present": {3: "present_sequence"},
+    }
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        # The TorchScript exporter (dynamo=False) keeps batch and sequence dynamic through the mask arithmetic.
+        # The TorchScript exporter (dynamo=False) keeps batch and lengths dynamic through the mask arithmetic.
         torch.onnx.export(
             module,
-            (ids, mask, positions),
+            (ids, mask, past, keep),
             str(path),
             dynamo=False,
             input_names=INPUT_NAMES,

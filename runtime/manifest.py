@@ -15,7 +15,8 @@ from .errors import ArtifactError
 MANIFEST_NAME = "qrr.json"
 VALIDATION_NAME = "validation.json"
 # Bump when the meaning of a field changes; a runtime refuses manifests newer than it knows.
-FORMAT_VERSION = 1
+# 2: the graph takes a shared past (past_key_values, present_length) for prefix reuse.
+FORMAT_VERSION = 2
 FORMATS = ("onnx",)
 REQUIRED = (
     "format_version",
@@ -67,6 +68,11 @@ def load_manifest(folder: str | Path) -> dict[str, Any]:
         raise ArtifactError(
             f"{folder} was made by a newer qrr (manifest version {version}, this qrr {qrr_version()} reads up to "
             f"{FORMAT_VERSION}); upgrade qrr: pip install -U qrr"
+        )
+    if version < FORMAT_VERSION:
+        raise ArtifactError(
+            f"{folder} was made by an older qrr (manifest version {version}; this qrr {qrr_version()} reads "
+            f"version {FORMAT_VERSION}, whose graph reuses shared prefixes); re-export it with qrr-export"
         )
     missing = [key for key in REQUIRED if key not in manifest]
     missing += [f"prompt.{key}" for key in PROMPT_KEYS if key not in manifest.get("prompt", {})]

@@ -18,6 +18,12 @@ from .prompt import PromptTokenizer, _first_line, check_documents, check_text
 # Padded tokens per batch: enough to keep the GEMMs large, small enough to bound activation memory.
 DEFAULT_BATCH_TOKENS = 8192
 MAX_BATCH = 64
+# Attention scores per batch, rows × new tokens × (past + new tokens), times the heads and 4 bytes: the one
+# activation that grows quadratically in length. 4M cells are 256 MiB of fp32 scores with 16 heads.
+MAX_ATTENTION_CELLS = 4 * 2**20
+# A row longer than this runs alone, in chunks of this many tokens, each against the keys and values of
+# the chunks before it: memory grows linearly in length and the scores are those of the whole row.
+CHUNK_TOKENS = 1024
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ class Reranker:
         *,
         max_length: int | None = None,
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        prefix_reuse: bool = True,
     ) -> None:
         self.path = Path(path)
         self.manifest = load_manifest(self.path)
@@ -115,14 +122,19 @@ class Reranker:
         self.threads = threads or physical_cores()
         self.io_device: tuple[str, int] | None = None  # set for GPU devices: run with I/O binding
         self.session = self._open_session(device)
-        self._input_names = [i.name for i in self.session.get_inputs()]
+        inputs = {i.name: i for i in self.session.get_inputs()}
         expected = list(m["inputs"])
-        if sorted(self._input_names) != sorted(expected):
+        if sorted(inputs) != sorted(expected):
             raise ArtifactError(
-                f"{self.path}: the model's inputs {self._input_names} differ from the manifest's {expected}; "
+                f"{self.path}: the model's inputs {sorted(inputs)} differ from the manifest's {expected}; "
                 "re-export the artifact"
             )
-        self._output_name = m["outputs"][0]
+        past = inputs["past_key_values"]
+        self._past_shape = tuple(d if isinstance(d, int) else 0 for d in past.shape)
+        self._past_dtype = np.float16 if past.type == "tensor(float16)" else np.float32
+        self._output_names = list(m["outputs"])
+        self.prefix_reuse = bool(prefix_reuse)
+        self.chunk_tokens = CHUNK_TOKENS
 
     # -- public API ---------------------------------------------------------------------------------------
 
@@ -146,7 +158,7 @@ class Reranker:
         if not checked:
             return []
         ids = self.tokenizer.encode(checked, instruction)
-        return self.score_ids(ids).tolist()
+        return self.score_ids(ids, groups=[q for q, _ in checked]).tolist()
 
     def rerank(
         self,
@@ -166,29 +178,71 @@ class Reranker:
             order = order[:top_k]
         return [RerankResult(i, scores[i], docs[i]) for i in order]
 
-    def score_ids(self, sequences: list[list[int]]) -> np.ndarray:
-        """P(yes) for already tokenized prompts, in input order."""
+    def score_ids(self, sequences: list[list[int]], groups: Sequence[object] | None = None) -> np.ndarray:
+        """P(yes) for already tokenized prompts, in input order.
+
+        Sequences that share a token prefix share its computation (prefix reuse): the prefix common to all
+        of them is run once, and so is each group's longer common prefix, where `groups` gives a key per
+        sequence (e.g. the query); without `groups` only the prefix common to all is shared. The shared
+        part is a prefix of the exact token ids, so the scores are those of scoring every sequence whole.
+        """
+        if groups is not None and len(groups) != len(sequences):
+            raise InputError(f"groups has {len(groups)} keys for {len(sequences)} sequences; give one per sequence")
         logits = np.empty(len(sequences), dtype=np.float32)
-        for batch in plan_batches([len(s) for s in sequences], self.batch_tokens):
-            logits[batch] = self._run([sequences[i] for i in batch])
+        if not sequences:
+            return logits
+        if self.prefix_reuse:
+            root, plan = plan_prefixes(sequences, groups)
+        else:
+            root, plan = 0, [(0, list(range(len(sequences))))]
+        empty = np.zeros((*self._past_shape[:3], 0, self._past_shape[4]), dtype=self._past_dtype)
+        root_past = self._extend(empty, sequences[0][:root])
+        for shared, members in plan:
+            past = root_past
+            if shared > root:  # the group's own prefix, continued from the one every sequence shares
+                past = self._extend(root_past, sequences[members[0]][root:shared])
+            rest = [sequences[i][shared:] for i in members]
+            long = [k for k, r in enumerate(rest) if len(r) > self.chunk_tokens]
+            for k in long:  # alone, chunk by chunk
+                row = rest[k]
+                cut = (len(row) - 1) // self.chunk_tokens * self.chunk_tokens
+                logits[members[k]] = self._run([row[cut:]], self._extend(past, row[:cut]))[0][0]
+            short = [k for k in range(len(rest)) if len(rest[k]) <= self.chunk_tokens]
+            lengths = [len(rest[k]) for k in short]
+            for batch in plan_batches(lengths, self.batch_tokens, past=past.shape[3]):
+                rows = [rest[short[b]] for b in batch]
+                logits[[members[short[b]] for b in batch]] = self._run(rows, past)[0]
         return sigmoid(logits)
 
     # -- internals -----------------------------------------------------------------------------------------
 
-    def _run(self, sequences: list[list[int]]) -> np.ndarray:
+    def _extend(self, past: np.ndarray, tokens: Sequence[int]) -> np.ndarray:
+        """The past continued by `tokens` (one sequence), chunk by chunk."""
+        for start in range(0, len(tokens), self.chunk_tokens):
+            chunk = tokens[start : start + self.chunk_tokens]
+            present = self._run([chunk], past, keep=len(chunk))[1]
+            past = np.concatenate([past, present], axis=3)
+        return past
+
+    def _run(self, sequences: list[Sequence[int]], past: np.ndarray, keep: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """score logits of right-padded rows continuing `past`, and row 0's first `keep` keys and values."""
         width = max(len(s) for s in sequences)
         input_ids = np.full((len(sequences), width), self.pad_token_id, dtype=np.int64)
         mask = np.zeros((len(sequences), width), dtype=np.int64)
         for row, seq in enumerate(sequences):
             input_ids[row, : len(seq)] = seq
             mask[row, : len(seq)] = 1
-        # Right padding: every row's real tokens sit at positions 0..len-1, as in the unpadded pair.
-        position_ids = np.broadcast_to(np.arange(width, dtype=np.int64), (len(sequences), width))
-        feeds = {"input_ids": input_ids, "attention_mask": mask, "position_ids": np.ascontiguousarray(position_ids)}
+        feeds = {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "past_key_values": past,
+            "present_length": np.array(keep, dtype=np.int64),
+        }
         if self.io_device is not None:
-            return self._run_bound(feeds).astype(np.float32).reshape(-1)
-        (out,) = self.session.run([self._output_name], {name: feeds[name] for name in self._input_names})
-        return out.astype(np.float32).reshape(-1)
+            logits, present = self._run_bound(feeds)
+        else:
+            logits, present = self.session.run(self._output_names, feeds)
+        return logits.astype(np.float32).reshape(-1), present
 
     def _open_session(self, device: str):
         import onnxruntime as ort
@@ -221,37 +275,93 @@ class Reranker:
         self.device_kind = kind
         return session
 
-    def _run_bound(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """Run with I/O binding: inputs copied to the device once, the output allocated there."""
+    def _run_bound(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run with I/O binding: inputs copied to the device once, the outputs allocated there."""
         import onnxruntime as ort
 
         kind, index = self.io_device  # onnxruntime's device names are ours: cpu, cuda, dml
         binding = self.session.io_binding()
-        for name in self._input_names:
-            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(feeds[name], kind, index))
-        binding.bind_output(self._output_name, kind, index)
+        for name, value in feeds.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, kind, index))
+        for name in self._output_names:
+            binding.bind_output(name, kind, index)
         self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+        return binding.copy_outputs_to_cpu()
 
 
-def plan_batches(lengths: Sequence[int], batch_tokens: int, max_batch: int = MAX_BATCH) -> list[list[int]]:
-    """Group indices by length so that padded tokens per batch stay under `batch_tokens`.
+def plan_batches(
+    lengths: Sequence[int],
+    batch_tokens: int,
+    max_batch: int = MAX_BATCH,
+    *,
+    past: int = 0,
+    max_cells: int = MAX_ATTENTION_CELLS,
+) -> list[list[int]]:
+    """Group indices by length so that each batch stays under `batch_tokens` padded tokens and
+    `max_cells` attention scores (rows × width × (past + width)).
 
-    Sorting by length means a batch pads only to its own longest member; a single sequence longer than the
-    budget still gets a batch of its own.
+    Sorting by length means a batch pads only to its own longest member; a single sequence over a budget
+    still gets a batch of its own.
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []
     for i in order:
         # lengths ascend, so the padded width of the batch is the new member's length
-        if current and ((len(current) + 1) * lengths[i] > batch_tokens or len(current) >= max_batch):
+        rows, width = len(current) + 1, lengths[i]
+        if current and (rows * width > batch_tokens or rows * width * (past + width) > max_cells or rows > max_batch):
             batches.append(current)
             current = []
         current.append(i)
     if current:
         batches.append(current)
     return batches
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def plan_prefixes(
+    sequences: Sequence[Sequence[int]], groups: Sequence[object] | None = None
+) -> tuple[int, list[tuple[int, list[int]]]]:
+    """(root, [(shared prefix length, member indices)]): `root` tokens are common to every sequence, and
+    each group's members also share their first `shared` (≥ root) tokens.
+
+    Every prefix is a common prefix of its members' exact token ids and leaves each member at least one
+    token of its own (the score is read at the last token). Groups of one share only the root; they are
+    gathered into one group so that they batch together.
+    """
+
+    def shared(members: list[int]) -> int:
+        first = sequences[members[0]]
+        length = min(len(sequences[i]) for i in members) - 1
+        for i in members[1:]:
+            length = min(length, common_prefix(first, sequences[i]))
+        return max(length, 0)
+
+    everyone = list(range(len(sequences)))
+    if not everyone:
+        return 0, []
+    root = shared(everyone)
+    keyed: dict[object, list[int]] = {}
+    for i in everyone:
+        keyed.setdefault(None if groups is None else groups[i], []).append(i)
+    plan: list[tuple[int, list[int]]] = []
+    rest: list[int] = []
+    for members in keyed.values():
+        length = shared(members) if len(members) > 1 else root
+        if length > root:
+            plan.append((length, members))
+        else:
+            rest.extend(members)
+    if rest:
+        plan.append((root, sorted(rest)))
+    return root, plan
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

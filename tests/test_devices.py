@@ -64,10 +64,11 @@ class FakeSession:
 
     def get_inputs(self):
         class I:
-            def __init__(self, name):
-                self.name = name
+            def __init__(self, name, shape=("batch", "sequence"), type="tensor(int64)"):
+                self.name, self.shape, self.type = name, shape, type
 
-        return [I("input_ids"), I("attention_mask"), I("position_ids")]
+        past = I("past_key_values", (2, 2, 2, "past_sequence", 16), "tensor(float)")
+        return [I("input_ids"), I("attention_mask"), past, I("present_length", ())]
 
 
 def test_cuda_session_is_asked_for_the_device(fp32_artifact, monkeypatch):

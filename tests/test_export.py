@@ -24,7 +24,8 @@ QUIET = Progress(enabled=False)
 def test_manifest_records_what_the_runtime_needs(fp32_artifact, standin):
     m = load_manifest(fp32_artifact)
     assert m["format"] == "onnx" and m["precision"] == "fp32" and m["quantization"] is None
-    assert m["inputs"] == ["input_ids", "attention_mask", "position_ids"] and m["outputs"] == ["score_logit"]
+    assert m["inputs"] == ["input_ids", "attention_mask", "past_key_values", "present_length"]
+    assert m["outputs"] == ["score_logit", "present"]
     vocab = json.loads((standin / "tokenizer.json").read_text())["model"]["vocab"]
     assert (m["yes_token_id"], m["no_token_id"]) == (vocab["yes"], vocab["no"])
     assert m["prompt"]["template"] == "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"
@@ -34,11 +35,16 @@ def test_manifest_records_what_the_runtime_needs(fp32_artifact, standin):
 
 def test_graph_outputs_one_logit_per_sequence(fp32_artifact):
     graph = onnx.load(str(fp32_artifact / "model.onnx"), load_external_data=False).graph
-    (output,) = graph.output
-    dims = [d.dim_param or d.dim_value for d in output.type.tensor_type.shape.dim]
-    assert output.name == "score_logit" and dims == ["batch"]
-    for inp in graph.input:
-        assert [d.dim_param for d in inp.type.tensor_type.shape.dim] == ["batch", "sequence"]
+
+    def dims(value):
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    shapes = {v.name: dims(v) for v in [*graph.input, *graph.output]}
+    assert shapes["score_logit"] == ["batch"]
+    assert shapes["input_ids"] == shapes["attention_mask"] == ["batch", "sequence"]
+    # tiny shape: 2 layers, (keys, values), 2 key/value heads, head_dim 16; one past shared by the batch
+    assert shapes["past_key_values"] == [2, 2, 2, "past_sequence", 16] and shapes["present_length"] == []
+    assert shapes["present"] == [2, 2, 2, "present_sequence", 16]
 
 
 def test_int8_graph_keeps_the_head_in_fp32(int8_artifact):

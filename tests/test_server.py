@@ -140,9 +140,9 @@ def test_busy_server_answers_503(rr):
     slow = threading.Event()
     original = rr.score_ids
 
-    def blocking(ids):
+    def blocking(ids, groups=None):
         slow.wait(10)
-        return original(ids)
+        return original(ids, groups)
 
     class Slow:
         def __getattr__(self, name):
