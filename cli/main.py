@@ -1,4 +1,4 @@
-"""`qrr` (export, validate, rerank, standin) and `qrr-export`.
+"""`qrr` (export, validate, rerank, serve, bench, standin) and `qrr-export`.
 
 Every user error ends in one line on stderr and exit code 2; a failed validation gate exits 1.
 """
@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from qrr.runtime.errors import QrrError
 from qrr.runtime.prompt import DEFAULT_MAX_LENGTH
+from qrr.runtime.reranker import DEFAULT_BATCH_TOKENS
 
 EXPORT_EXTRA = "this command needs the export extra (torch, transformers, onnx): pip install 'qrr[export]'"
 
@@ -40,10 +42,12 @@ def _positive_float(text: str) -> float:
 def _add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="a local checkpoint folder, or a hub id such as Qwen/Qwen3-Reranker-0.6B")
     p.add_argument("-o", "--output", required=True, type=Path, help="the artifact folder to create (must be new or empty)")
-    p.add_argument("--format", choices=["onnx"], default="onnx", help="graph format (default: onnx)")
+    p.add_argument("--format", choices=["onnx", "openvino"], default="onnx",
+                   help="onnx (onnxruntime: CPU, CUDA, DirectML) or openvino (Intel CPU, GPU, NPU; needs the "
+                        "openvino extra) (default: onnx)")
     p.add_argument("--quant", choices=["none", "int8", "int4", "fp16"], default="none",
-                   help="weights: none = fp32, int8 / int4 = blockwise 8 / 4-bit (MatMulNBits), "
-                        "fp16 = fp16 body for GPUs (default: none)")
+                   help="weights: none = fp32, int8 / int4 = blockwise 8 / 4-bit (ONNX: MatMulNBits; OpenVINO: "
+                        "NNCF, int8 per channel, int4 grouped), fp16 = fp16 body for GPUs, ONNX only (default: none)")
     p.add_argument("--method", choices=["smoothquant", "awq", "rtn", "hqq"], default=None,
                    help="int8/int4 only: activation-aware scales (smoothquant, awq) or plain rounding (rtn, hqq) "
                         "(default: smoothquant for int8, awq for int4)")
@@ -77,6 +81,7 @@ def _export(args: argparse.Namespace) -> int:
             args.source,
             args.output,
             quant=args.quant,
+            format=args.format,
             max_length=args.max_length,
             validate=not args.no_validate,
             max_drop=args.max_drop,
@@ -174,7 +179,6 @@ def _rerank(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
-
         from qrr.server import ServerConfig, create_app
     except ImportError:
         raise QrrError("qrr serve needs the server extra (FastAPI, uvicorn): pip install 'qrr[server]'") from None
@@ -185,6 +189,57 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"qrr: serving {args.artifact} ({rr.manifest['precision']}) on http://{args.host}:{args.port}", file=sys.stderr)
     uvicorn.run(create_app(rr, config), host=args.host, port=args.port, log_level="warning",
                 timeout_graceful_shutdown=int(config.shutdown_grace_s))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from qrr.runtime import Reranker
+    from qrr.runtime.bench import (
+        WORKLOADS,
+        PeakRSS,
+        load_data,
+        make_workload,
+        time_scoring,
+    )
+    from tokenizers import Tokenizer
+
+    with PeakRSS() as load_mem:
+        start = time.perf_counter()
+        rr = Reranker(args.artifact, device=args.device, threads=args.threads, max_length=args.max_length,
+                      prefix_reuse=not args.no_prefix_reuse, batch_tokens=args.batch_tokens)
+        rr.score("warm-up", ["a first score"])
+        cold = time.perf_counter() - start
+    tok = Tokenizer.from_file(str(rr.path / rr.manifest["tokenizer_file"]))
+
+    def count(text: str) -> int:
+        return len(tok.encode(text, add_special_tokens=False).ids)
+
+    if args.data is not None:
+        workloads = {"data": (str(args.data), load_data(args.data))}
+    else:
+        workloads = {w: (WORKLOADS[w], make_workload(w, count)) for w in args.workloads}
+    m = rr.manifest
+    rows = []
+    for name, (what, pairs) in workloads.items():
+        tokens = sum(map(len, rr.tokenizer.encode(pairs)))
+        with PeakRSS() as mem:
+            timing, _ = time_scoring(rr.score_pairs, pairs, repeat=args.repeat, warmup=args.warmup)
+        rows.append({"workload": name, "what": what, "pairs": len(pairs), "tokens": tokens,
+                     "pairs_per_s": timing.pairs_per_s, "ms_per_pair": timing.ms_per_pair,
+                     "median_s": timing.median_s, "peak_rss_mib": mem.peak_mib})
+    result = {"artifact": str(args.artifact), "format": m["format"], "precision": m["precision"],
+              "device": args.device, "threads": rr.threads, "prefix_reuse": rr.prefix_reuse,
+              "cold_start_s": cold, "load_peak_rss_mib": load_mem.peak_mib, "rows": rows}
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return 0
+    print(f"{args.artifact}: {m['format']} {m['precision']} on {args.device}, {rr.threads} threads, "
+          f"prefix reuse {'on' if rr.prefix_reuse else 'off'}")
+    print(f"cold start (load + first score): {cold:.2f} s, peak RSS {load_mem.peak_mib:.0f} MiB")
+    print(f"{'workload':<9} {'pairs':>5} {'tokens':>7} {'pairs/s':>8} {'ms/pair':>8} {'peak RSS MiB':>12}")
+    for r in rows:
+        print(f"{r['workload']:<9} {r['pairs']:>5} {r['tokens']:>7} {r['pairs_per_s']:>8.2f} {r['ms_per_pair']:>8.1f} "
+              f"{r['peak_rss_mib']:>12.0f}")
     return 0
 
 
@@ -246,6 +301,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-in-flight", type=_positive_int, default=64,
                    help="requests queued or scoring; more get 503 with Retry-After (default 64)")
     p.set_defaults(run=_serve)
+
+    p = sub.add_parser("bench", help="measure an artifact's speed and memory on this machine (workloads A, B, C)")
+    p.add_argument("artifact", type=Path)
+    p.add_argument("--workloads", nargs="+", choices=["A", "B", "C"], default=["A", "B", "C"],
+                   help="A: 1 query x 32 docs x ~200 tokens; B: 1 x 8 x ~1000; C: 64 mixed pairs of 20-500 tokens")
+    p.add_argument("--data", type=Path, default=None,
+                   help='your own pairs instead, JSON Lines {"query": ..., "document": ...} or {"query", "documents"}')
+    p.add_argument("--repeat", type=_positive_int, default=3, help="timed runs per workload; the best is reported")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, dml or auto (default: cpu)")
+    p.add_argument("--threads", type=_positive_int, default=None)
+    p.add_argument("--max-length", type=_positive_int, default=None)
+    p.add_argument("--no-prefix-reuse", action="store_true", help="score every pair whole (to see what reuse saves)")
+    p.add_argument("--batch-tokens", type=_positive_int, default=DEFAULT_BATCH_TOKENS,
+                   help=f"padded tokens per batch: memory against speed (default {DEFAULT_BATCH_TOKENS})")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=_bench)
 
     p = sub.add_parser("standin", help="write a random-weight Qwen3 checkpoint of a published shape (offline demos)")
     p.add_argument("-o", "--output", required=True, type=Path)

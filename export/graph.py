@@ -72,7 +72,8 @@ class ScoringModule(nn.Module):
         hidden = body.norm(hidden)
         last = (attention_mask.sum(dim=-1) - 1).view(batch, 1, 1).expand(batch, 1, hidden.shape[-1])
         h_last = hidden.gather(1, last)[:, 0, :].float()
-        return h_last @ self.direction, torch.stack(presents)
+        # Mul + ReduceSum, not a MatMul: weight quantizers (MatMulNBits, NNCF) leave it in fp32
+        return (h_last * self.direction).sum(dim=-1), torch.stack(presents)
 
     def _attention(self, attn, x, cos, sin, past, additive):
         """Grouped-query attention of the new tokens over [shared past ; themselves], batch-broadcast past."""

@@ -37,12 +37,21 @@ class RecipeTokenizer:
 class ReferenceScorer(RecipeTokenizer):
     """Qwen3-Reranker's transformers example: left padding, truncation='longest_first', P(yes) from logits."""
 
-    def __init__(self, checkpoint: Checkpoint, *, max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 8) -> None:
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        *,
+        max_length: int = DEFAULT_MAX_LENGTH,
+        batch_size: int = 8,
+        logits_to_keep: int | None = None,
+    ) -> None:
         tokenizer = load_tokenizer(checkpoint, padding_side="left")
         super().__init__(tokenizer, max_length)
         self.model = load_model(checkpoint)
         self.yes_id, self.no_id = yes_no_ids(self.tokenizer, checkpoint.source)
         self.batch_size = batch_size
+        # None is the recipe as published (logits at every position); 1 is the obvious fix a user might apply
+        self.extra = {} if logits_to_keep is None else {"logits_to_keep": logits_to_keep}
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]], instruction: str | None = None) -> list[float]:
         import torch
@@ -52,7 +61,7 @@ class ReferenceScorer(RecipeTokenizer):
         with torch.no_grad():
             for start in range(0, len(texts), self.batch_size):
                 inputs = self.process_inputs(texts[start : start + self.batch_size])
-                batch_scores = self.model(**inputs).logits[:, -1, :]
+                batch_scores = self.model(**inputs, **self.extra).logits[:, -1, :]
                 stacked = torch.stack([batch_scores[:, self.no_id], batch_scores[:, self.yes_id]], dim=1)
                 scores += torch.nn.functional.log_softmax(stacked, dim=1)[:, 1].exp().tolist()
         return scores

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import platform
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,10 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from qrr.runtime import Reranker
+from qrr.runtime.bench import PeakRSS
 from qrr.runtime.errors import QrrError
-from qrr.runtime.manifest import MANIFEST_NAME, VALIDATION_NAME, load_manifest, write_json
+from qrr.runtime.manifest import (
+    MANIFEST_NAME,
+    VALIDATION_NAME,
+    load_manifest,
+    write_json,
+)
 
 # Largest allowed |ΔP(yes)| of any evaluation pair against the reference, per precision (README, "Validation").
 DEFAULT_MAX_DROP = {"fp32": 1e-3, "fp16": 0.01, "int8": 0.03, "int4": 0.1}
@@ -164,38 +168,6 @@ def compare(queries: Sequence[Query], reference: Sequence[np.ndarray], artifact:
 
 
 # -- timing and memory -----------------------------------------------------------------------------------------
-
-
-class PeakRSS:
-    """Samples this process's resident memory in a thread; `peak_mib` is the highest seen while inside."""
-
-    def __init__(self, interval: float = 0.005) -> None:
-        import psutil
-
-        self._proc = psutil.Process()
-        self._interval = interval
-        self._stop = threading.Event()
-        self.peak = 0
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            self._stop.wait(self._interval)
-
-    def __enter__(self) -> PeakRSS:
-        self.peak = self._proc.memory_info().rss
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
-
-    @property
-    def peak_mib(self) -> float:
-        return self.peak / 2**20
 
 
 def _timed_scores(

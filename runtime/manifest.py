@@ -17,7 +17,7 @@ VALIDATION_NAME = "validation.json"
 # Bump when the meaning of a field changes; a runtime refuses manifests newer than it knows.
 # 2: the graph takes a shared past (past_key_values, present_length) for prefix reuse.
 FORMAT_VERSION = 2
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "openvino")
 REQUIRED = (
     "format_version",
     "format",

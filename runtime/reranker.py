@@ -83,6 +83,11 @@ class Reranker:
 
     >>> rr = Reranker("qwen3-rr-0.6b-int8")
     >>> rr.score("what is the capital of China?", ["The capital of China is Beijing.", "Gravity is a force."])
+
+    `device`: for ONNX artifacts 'cpu', 'cuda', 'cuda:N', 'dml', 'dml:N' or 'auto' (onnxruntime providers);
+    for OpenVINO artifacts 'cpu', 'gpu', 'gpu.N', 'npu' or 'auto' (any case). A device that is not there is
+    an error, never a silent fall-back to the CPU. `performance_hint` ('latency' or 'throughput') is
+    OpenVINO's. `prefix_reuse=False` scores every pair whole (same scores, for comparison).
     """
 
     def __init__(
@@ -94,6 +99,7 @@ class Reranker:
         max_length: int | None = None,
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
         prefix_reuse: bool = True,
+        performance_hint: str = "latency",
     ) -> None:
         self.path = Path(path)
         self.manifest = load_manifest(self.path)
@@ -106,6 +112,8 @@ class Reranker:
             raise InputError(f"threads must be a positive integer or None, got {threads!r}")
         if not isinstance(batch_tokens, int) or batch_tokens < 1:
             raise InputError(f"batch_tokens must be a positive integer, got {batch_tokens!r}")
+        if performance_hint not in ("latency", "throughput"):
+            raise InputError(f"performance_hint must be 'latency' or 'throughput', got {performance_hint!r}")
         prompt = m["prompt"]
         self.tokenizer = PromptTokenizer(
             self.path / m["tokenizer_file"],
@@ -121,7 +129,16 @@ class Reranker:
         self.device = device
         self.threads = threads or physical_cores()
         self.io_device: tuple[str, int] | None = None  # set for GPU devices: run with I/O binding
-        self.session = self._open_session(device)
+        if m["format"] == "openvino":
+            from .openvino import OpenVinoSession
+
+            self.session = OpenVinoSession(
+                self.path / m["model_file"], device, self.threads,
+                properties=(m.get("openvino") or {}).get("properties"), hint=performance_hint,
+            )
+            self.device_kind = self.session.device
+        else:
+            self.session = self._open_session(device)
         inputs = {i.name: i for i in self.session.get_inputs()}
         expected = list(m["inputs"])
         if sorted(inputs) != sorted(expected):

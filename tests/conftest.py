@@ -42,6 +42,15 @@ def standin(tmp_path_factory) -> Path:
     return make_standin(tmp_path_factory.mktemp("ckpt") / "tiny", shape="tiny", seed=0, train_steps=40)
 
 
+@pytest.fixture(scope="session")
+def outlier_standin(tmp_path_factory) -> Path:
+    """A tiny stand-in trained briefly as a reranker, then given 100× activation outliers."""
+    needs_export()
+    from qrr.export.standin import make_standin
+
+    return make_standin(tmp_path_factory.mktemp("trained") / "ckpt", seed=1, outliers=100.0, train_steps=60)
+
+
 def _export(tmp_path_factory, standin: Path, quant: str) -> Path:
     from qrr.export import export_onnx
     from qrr.export.progress import Progress

@@ -55,10 +55,11 @@ def test_int8_graph_keeps_the_head_in_fp32(int8_artifact):
     ops = [n.op_type for n in model.graph.node]
     assert "MatMulNBits" in ops
     inits = {t.name: t for t in model.graph.initializer}
-    # the remaining float MatMul is the score head: its weight a 1-D fp32 vector
-    heads = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
-    assert len(heads) == 1 and inits[heads[0].input[1]].data_type == onnx.TensorProto.FLOAT
-    assert len(inits[heads[0].input[1]].dims) == 1
+    # no float MatMul keeps a constant weight; the score head is Mul + ReduceSum with a 1-D fp32 direction
+    assert not [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+    heads = [n for n in model.graph.node if n.op_type == "Mul" and "direction" in n.input]
+    assert len(heads) == 1 and inits["direction"].data_type == onnx.TensorProto.FLOAT
+    assert len(inits["direction"].dims) == 1
     embedding = [t for t in model.graph.initializer if t.name.endswith("_int8")]
     assert len(embedding) == 1 and embedding[0].data_type == onnx.TensorProto.INT8
 

@@ -15,7 +15,6 @@ import torch  # noqa: E402
 
 from qrr.export import export_onnx, validate_artifact  # noqa: E402
 from qrr.export.progress import Progress  # noqa: E402
-from qrr.export.standin import make_standin  # noqa: E402
 from qrr.quant.smooth import fake_quant, fold  # noqa: E402
 from qrr.runtime import load_manifest  # noqa: E402
 
@@ -28,12 +27,8 @@ TARGETS = {
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny stand-in trained briefly as a reranker, then given 100× activation outliers."""
-    return make_standin(tmp_path_factory.mktemp("trained") / "ckpt", seed=1, outliers=100.0, train_steps=TRAIN_STEPS)
-
-
-TRAIN_STEPS = 60
+def trained(outlier_standin):
+    return outlier_standin
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,243 @@
+"""Throughput against the peers, in one process and one run: workloads A, B, C on a 0.6B-shaped stand-in.
+
+    python benchmarks/throughput.py --tokenizer ../shared/fixtures/qwen3-tokenizer --out benchmarks/results
+    python benchmarks/throughput.py --engines recipe qrr-onnx-int8 --workloads A      # a subset
+
+Engines (each skipped, with the reason in the table, when it cannot run here):
+  recipe           the model card's transformers fp32 recipe as published (full vocabulary logits), batch 8
+  recipe-keep1     the same with logits_to_keep=1
+  optimum-fp32     `optimum-cli export onnx --task text-generation` on onnxruntime, the recipe around it
+  optimum-int8     the same after onnxruntime's quantize_dynamic (what a user gets without us)
+  genai-fp32/int8  openvino_genai.TextRerankPipeline on an `optimum-cli export openvino` folder
+  llamacpp-q8_0    llama-cpp-python with a Q8_0 GGUF from llama.cpp's convert_hf_to_gguf.py (rank pooling)
+  qrr-onnx-*       our artifacts, fp32, int8, int4 (qrr-openvino-* likewise once exported)
+
+Peer models are made outside this process (their exporters pin their own transformers); the paths come
+by flag, see benchmarks/peers/README.md. Each engine scores every workload once after a short warm-up;
+it prints pairs/s, ms/pair, peak RSS while the engine was loaded and scoring, the ratio to the recipe and
+the share of the GEMM peak measured at the start, and writes throughput.json, throughput.md and
+throughput.png.
+
+Work per pair is counted as the Qwen3 body's FLOPs on the pair's full prompt (2 × weights × tokens plus
+causal attention), the same figure for every engine: qrr's prefix reuse shows as a higher share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from results_io import save
+
+Pair = tuple[str, str]
+Scorer = Callable[[Sequence[Pair]], Sequence[float]]
+
+ENGINES = ["recipe", "recipe-keep1", "optimum-fp32", "optimum-int8", "genai-fp32", "genai-int8", "llamacpp-q8_0",
+           "qrr-onnx-fp32", "qrr-onnx-int8", "qrr-onnx-int4", "qrr-openvino-fp32", "qrr-openvino-int8",
+           "qrr-openvino-int4"]
+
+
+class Skip(Exception):
+    """This engine cannot run here; the message says why."""
+
+
+def gemm_peak_gflops(threads: int) -> float:
+    """Best fp32 GEMM rate of torch on this machine, 1024×1024 by 1024×3072 (a 0.6B MLP's shape)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 3072)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(10):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * 1024 * 1024 * 3072 / best / 1e9
+
+
+def body_flops(config: dict, tokens: int) -> float:
+    """Forward FLOPs of the Qwen3 body (no vocabulary head) on one sequence of `tokens` tokens."""
+    h, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    heads, kv = config["num_attention_heads"], config["num_key_value_heads"]
+    hd = config.get("head_dim") or h // heads
+    weights = h * heads * hd * 2 + h * kv * hd * 2 + 3 * h * inter
+    attention = 2 * heads * hd * tokens * (tokens + 1) / 2 * 2  # QK^T and PV over the causal half
+    return layers * (2 * weights * tokens + attention)
+
+
+# -- engines ------------------------------------------------------------------------------------------------
+
+def load_recipe(args, keep: int | None) -> Scorer:
+    import torch
+    from qrr.export.checkpoint import resolve
+    from qrr.export.reference import ReferenceScorer
+
+    torch.set_num_threads(args.threads)
+    scorer = ReferenceScorer(resolve(str(args.checkpoint)), logits_to_keep=keep)
+    return scorer.score_pairs
+
+
+def load_qrr(args, fmt: str, precision: str) -> Scorer:
+    from qrr.runtime import Reranker
+
+    artifact = args.work / f"qrr-{fmt}-{precision}"
+    if not (artifact / "qrr.json").is_file():
+        import importlib.util
+
+        from qrr.export import export_onnx
+        from qrr.export.progress import Progress
+
+        if fmt == "openvino" and importlib.util.find_spec("openvino") is None:
+            raise Skip("openvino is not installed (pip install 'qrr[openvino]')")
+        export_onnx(str(args.checkpoint), artifact, format=fmt, quant={"fp32": "none"}.get(precision, precision),
+                    validate=False, progress=Progress())
+        gc.collect()
+    rr = Reranker(artifact, threads=args.threads)
+    return rr.score_pairs
+
+
+def load_engine(name: str, args) -> Scorer:
+    if name == "recipe":
+        return load_recipe(args, None)
+    if name == "recipe-keep1":
+        return load_recipe(args, 1)
+    if name.startswith("qrr-"):
+        _, fmt, precision = name.split("-")
+        return load_qrr(args, fmt, precision)
+    import peers
+
+    return peers.load(name, args)
+
+
+# -- the run ------------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="a Qwen3 reranker folder (default: make a 0.6B-shaped stand-in under --work)")
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="folder with the real Qwen3 tokenizer.json for the stand-in (default: a generated one)")
+    parser.add_argument("--engines", nargs="+", default=ENGINES, choices=ENGINES)
+    parser.add_argument("--workloads", nargs="+", default=["A", "B", "C"], choices=["A", "B", "C"])
+    parser.add_argument("--threads", type=int, default=None, help="default: physical cores")
+    parser.add_argument("--repeat", type=int, default=1, help="timed runs per workload (best kept)")
+    parser.add_argument("--work", type=Path, default=Path("out/throughput"), help="stand-in and artifacts")
+    parser.add_argument("--out", type=Path, default=Path("out/throughput"))
+    parser.add_argument("--optimum-onnx", type=Path, default=None, help="folder of `optimum-cli export onnx`")
+    parser.add_argument("--optimum-int8", type=Path, default=None, help="the same after quantize_dynamic")
+    parser.add_argument("--genai", type=Path, default=None, help="`optimum-cli export openvino` folder, fp32 weights")
+    parser.add_argument("--genai-int8", type=Path, default=None, help="the same with --weight-format int8")
+    parser.add_argument("--gguf", type=Path, default=None, help="Q8_0 GGUF from convert_hf_to_gguf.py")
+    args = parser.parse_args(argv)
+
+    from qrr.export.standin import make_standin
+    from qrr.export.validate import machine_info, versions
+    from qrr.runtime.bench import WORKLOADS, PeakRSS, make_workload, time_scoring
+    from qrr.runtime.reranker import physical_cores
+    from tokenizers import Tokenizer
+
+    args.threads = args.threads or physical_cores()
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.checkpoint is None:
+        args.checkpoint = args.work / "standin-0.6b"
+        if not (args.checkpoint / "config.json").is_file():
+            make_standin(args.checkpoint, shape="0.6b", tokenizer=args.tokenizer)
+    config = json.loads((args.checkpoint / "config.json").read_text())
+    tok = Tokenizer.from_file(str(args.checkpoint / "tokenizer.json"))
+
+    def count(text: str) -> int:
+        return len(tok.encode(text, add_special_tokens=False).ids)
+
+    from qrr.runtime.prompt import PREFIX, SUFFIX, pair_text
+
+    fixed = count(PREFIX) + count(SUFFIX)
+    workloads = {w: make_workload(w, count) for w in args.workloads}
+    work = {w: sum(body_flops(config, fixed + count(pair_text(q, d))) for q, d in pairs)
+            for w, pairs in workloads.items()}
+    peak = gemm_peak_gflops(args.threads)
+    print(f"GEMM peak {peak:.0f} GFLOP/s on {args.threads} threads", flush=True)
+
+    rows = []
+    for name in args.engines:
+        gc.collect()
+        with PeakRSS() as mem:
+            try:
+                start = time.perf_counter()
+                score = load_engine(name, args)
+                load_s = time.perf_counter() - start
+                results = {}
+                for w, pairs in workloads.items():
+                    score(pairs[:2])  # warm-up: first-run allocations and kernels
+                    timing, _ = time_scoring(score, pairs, repeat=args.repeat, warmup=0)
+                    results[w] = timing
+                    print(f"{name} {w}: {timing.pairs_per_s:.3f} pairs/s", flush=True)
+                error = None
+            except Skip as exc:
+                error = str(exc)
+            finally:
+                score = None
+                gc.collect()
+        if error:
+            print(f"{name}: skipped ({error})", flush=True)
+            rows.append({"engine": name, "skipped": error})
+            continue
+        row = {"engine": name, "load_s": load_s, "peak_rss_mib": mem.peak_mib, "workloads": {}}
+        for w, t in results.items():
+            row["workloads"][w] = {"pairs": t.pairs, "seconds": t.best_s, "pairs_per_s": t.pairs_per_s,
+                                   "ms_per_pair": t.ms_per_pair, "gflops": work[w] / t.best_s / 1e9,
+                                   "peak_share": work[w] / t.best_s / 1e9 / peak}
+        rows.append(row)
+
+    base = next((r for r in rows if r["engine"] == "recipe" and "workloads" in r), None)
+    for r in rows:
+        for w, v in r.get("workloads", {}).items():
+            v["vs_recipe"] = v["pairs_per_s"] / base["workloads"][w]["pairs_per_s"] if base else None
+    result = {"checkpoint": str(args.checkpoint), "threads": args.threads, "gemm_peak_gflops": peak,
+              "workloads": {w: WORKLOADS[w] for w in workloads}, "rows": rows, "machine": machine_info(),
+              "versions": versions()}
+    header = ["engine", "workload", "pairs/s", "ms/pair", "vs recipe", "GEMM peak share", "peak RSS MiB"]
+    table = []
+    for r in rows:
+        if "skipped" in r:
+            table.append([r["engine"], "—", "skipped: " + r["skipped"], "", "", "", ""])
+            continue
+        for w, v in r["workloads"].items():
+            ratio = f"{v['vs_recipe']:.2f}x" if v["vs_recipe"] else "—"
+            table.append([r["engine"], w, f"{v['pairs_per_s']:.2f}", f"{v['ms_per_pair']:.0f}", ratio,
+                          f"{100 * v['peak_share']:.0f}%", f"{r['peak_rss_mib']:.0f}"])
+    save(args.out, "throughput", result, header, table)
+    chart(rows, list(workloads), args.out / "throughput.png")
+    return 0
+
+
+def chart(rows: list[dict], workloads: list[str], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no chart", file=sys.stderr)
+        return
+    ran = [r for r in rows if "workloads" in r]
+    fig, axes = plt.subplots(1, len(workloads), figsize=(5 * len(workloads), 0.4 * len(ran) + 1.5), squeeze=False)
+    for ax, w in zip(axes[0], workloads):
+        names = [r["engine"] for r in ran if w in r["workloads"]]
+        values = [r["workloads"][w]["pairs_per_s"] for r in ran if w in r["workloads"]]
+        ax.barh(names, values, color=["tab:orange" if n.startswith("qrr") else "tab:gray" for n in names])
+        ax.invert_yaxis()
+        ax.set_title(f"workload {w}")
+        ax.set_xlabel("pairs/s (higher is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The OpenVINO backend: the same scoring graph as OpenVINO IR, behind the session interface the runtime uses.
+
+OpenVINO's CPU plugin changes numbers unless told otherwise: it computes in bf16 on CPUs with AVX512-BF16
+or AMX, quantizes activations to int8 in groups of 32 for compressed weights, and keeps KV caches in u8.
+Every property that changes numbers is set explicitly, from the artifact's manifest (chosen at export by
+measurement), and reported back in `OpenVinoSession.properties`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from .errors import ArtifactError, DeviceError, InputError
+
+EXTRA = "OpenVINO artifacts need the openvino extra: pip install 'qrr[openvino]'"
+# What an artifact gets when its manifest names no compile properties (an fp32 graph computed in fp32).
+DEFAULT_PROPERTIES = {
+    "INFERENCE_PRECISION_HINT": "f32",
+    "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0",
+    "KV_CACHE_PRECISION": "f32",
+}
+HINTS = ("latency", "throughput")
+_TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)", "i64": "tensor(int64)", "i32": "tensor(int32)"}
+
+
+def parse_openvino_device(device: str, available: list[str]) -> str:
+    """'cpu', 'gpu', 'gpu.N', 'npu' or 'auto' (any case) → OpenVINO's device name; refused when not present."""
+    if not isinstance(device, str):
+        raise InputError(f"device must be a string such as 'CPU' or 'GPU', got {type(device).__name__}")
+    text = device.strip().upper()
+    if not re.fullmatch(r"CPU|GPU(\.\d+)?|NPU|AUTO", text):
+        raise InputError(f"unknown OpenVINO device {device!r}; use 'CPU', 'GPU', 'GPU.N', 'NPU' or 'AUTO'")
+    if text != "AUTO":
+        present = text in available or (text == "GPU" and any(d.startswith("GPU") for d in available))
+        if not present:
+            raise DeviceError(
+                f"OpenVINO has no {text} device on this machine (available: {', '.join(available) or 'none'}); "
+                "install the device's driver (Intel GPU: compute runtime; NPU: the NPU driver) or use 'CPU'"
+            )
+    return text
+
+
+class _Input:
+    def __init__(self, port) -> None:
+        self.name = port.get_any_name()
+        shape = port.get_partial_shape()
+        self.shape = [d.get_length() if d.is_static else "?" for d in shape]
+        self.type = _TYPES.get(port.get_element_type().get_type_name(), str(port.get_element_type()))
+
+
+class OpenVinoSession:
+    """Compiles `model_file` for `device`; `run(names, feeds)` as onnxruntime's session does."""
+
+    def __init__(
+        self,
+        model_file: Path,
+        device: str,
+        threads: int,
+        *,
+        properties: dict[str, str] | None = None,
+        hint: str = "latency",
+    ) -> None:
+        try:
+            import openvino as ov
+        except ImportError:
+            raise ArtifactError(EXTRA) from None
+        if hint not in HINTS:
+            raise InputError(f"unknown performance hint {hint!r}; use one of {', '.join(HINTS)}")
+        core = ov.Core()
+        self.device = parse_openvino_device(device, list(core.available_devices))
+        try:
+            model = core.read_model(str(model_file))
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses with multi-line messages
+            raise ArtifactError(
+                f"OpenVINO cannot read {model_file}: {_first_line(exc)}; the artifact may be corrupted, re-export it"
+            ) from None
+        config: dict[str, Any] = dict(properties or DEFAULT_PROPERTIES)
+        config["PERFORMANCE_HINT"] = hint.upper()
+        config["INFERENCE_NUM_THREADS"] = threads
+        if self.device != "CPU":  # the numeric properties above are the CPU plugin's; others choose their own
+            config = {k: v for k, v in config.items() if k in ("PERFORMANCE_HINT",)}
+        try:
+            self.compiled = core.compile_model(model, self.device, config)
+        except Exception as exc:
+            raise DeviceError(f"OpenVINO could not compile the model for {self.device}: {_first_line(exc)}") from None
+        self.properties = {k: str(self.compiled.get_property(k)) for k in config}
+        self.request = self.compiled.create_infer_request()
+        self._inputs = [_Input(p) for p in self.compiled.inputs]
+        self._outputs = {p.get_any_name(): p for p in self.compiled.outputs}
+
+    def get_inputs(self) -> list[_Input]:
+        return self._inputs
+
+    def get_providers(self) -> list[str]:
+        return [f"OpenVINO {self.device}"]
+
+    def run(self, names: list[str], feeds: dict[str, Any]) -> list[Any]:
+        result = self.request.infer(feeds, share_inputs=True)
+        return [result[self._outputs[name]] for name in names]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

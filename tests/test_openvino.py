@@ -1,0 +1,159 @@
+"""OpenVINO artifacts: export at each precision, parity with PyTorch, devices up to the device call."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import DOCS, QUERY, needs_export
+
+needs_export()
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+from qrr.export import export_onnx, validate_artifact  # noqa: E402
+from qrr.export.progress import Progress  # noqa: E402
+from qrr.runtime import Reranker, load_manifest  # noqa: E402
+from qrr.runtime.errors import ArtifactError, DeviceError, InputError, QrrError  # noqa: E402
+from qrr.runtime.openvino import parse_openvino_device  # noqa: E402
+
+QUIET = Progress(enabled=False)
+TARGETS = {  # the quantization issue's targets, as for ONNX (tests/test_quant.py)
+    "int8": {"max_abs_dp": 0.02, "spearman_mean": 0.99, "top1_agreement": 0.95},
+    "int4": {"spearman_mean": 0.97, "top1_agreement": 0.90},
+}
+
+
+def _export(folder, checkpoint, quant):
+    export_onnx(str(checkpoint), folder, format="openvino", quant=quant, validate=False, progress=QUIET)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ov_fp32(tmp_path_factory, standin):
+    return _export(tmp_path_factory.mktemp("ov") / "fp32", standin, "none")
+
+
+def test_manifest_and_files(ov_fp32):
+    m = load_manifest(ov_fp32)
+    assert m["format"] == "openvino" and m["precision"] == "fp32" and m["model_file"] == "model.xml"
+    assert set(m["files"]) == {"model.xml", "model.bin", "tokenizer.json"}
+    props = m["openvino"]["properties"]
+    assert props["INFERENCE_PRECISION_HINT"] == "f32" and props["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "0"
+    rr = Reranker(ov_fp32)
+    # the properties that change numbers are what the artifact asked for, not the plugin's defaults
+    assert "f32" in rr.session.properties["INFERENCE_PRECISION_HINT"].lower().replace("float32", "f32")
+    assert rr.session.properties["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "0"
+
+
+def test_fp32_matches_pytorch_and_onnx(ov_fp32, fp32_artifact, reference):
+    ov = Reranker(ov_fp32).score(QUERY, DOCS)
+    theirs = reference.score_pairs([(QUERY, d) for d in DOCS])
+    assert np.max(np.abs(np.array(ov) - np.array(theirs))) < 1e-4
+    onnx_scores = Reranker(fp32_artifact).score(QUERY, DOCS)
+    assert np.max(np.abs(np.array(ov) - np.array(onnx_scores))) < 1e-5
+
+
+def test_prefix_reuse_and_chunks_are_exact_on_openvino(ov_fp32):
+    whole = Reranker(ov_fp32, prefix_reuse=False).score(QUERY, DOCS)
+    chunked = Reranker(ov_fp32, performance_hint="throughput")
+    chunked.chunk_tokens = 9
+    np.testing.assert_allclose(chunked.score(QUERY, DOCS), whole, atol=2e-6)
+
+
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_quantized_meet_the_targets_on_the_outlier_checkpoint(outlier_standin, tmp_path, quant):
+    out = _export(tmp_path / quant, outlier_standin, quant)
+    m = load_manifest(out)
+    assert m["precision"] == quant and m["quantization"]["linear"]["bits"] == int(quant[3:])
+    assert m["openvino"]["properties"]["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "32"
+    # int8 activations are quantized per token: reuse and batching still give every pair's own score
+    whole = Reranker(out, prefix_reuse=False).score(QUERY, DOCS)
+    np.testing.assert_allclose(Reranker(out).score(QUERY, DOCS), whole, atol=1e-5)
+    np.testing.assert_allclose([Reranker(out).score(QUERY, [d])[0] for d in DOCS], whole, atol=1e-5)
+    metrics = validate_artifact(out, str(outlier_standin), max_drop=1.0)["metrics"]
+    for key, bound in TARGETS[quant].items():
+        ok = metrics[key] <= bound if key == "max_abs_dp" else metrics[key] >= bound
+        assert ok, f"openvino {quant} {key} = {metrics[key]:.4f}, target {bound}"
+    size = sum(m["files"][f] for f in ("model.xml", "model.bin"))
+    assert size < 0.45 * (2 * 2**20), "compressed weights should be well under the fp32 size"
+
+
+def test_options_that_are_onnx_only(standin, tmp_path):
+    with pytest.raises(QrrError, match="ONNX option"):
+        export_onnx(str(standin), tmp_path / "a", format="openvino", quant="fp16", progress=QUIET)
+    with pytest.raises(QrrError, match="accuracy_level"):
+        export_onnx(str(standin), tmp_path / "b", format="openvino", quant="int8", accuracy_level=4, progress=QUIET)
+    with pytest.raises(QrrError, match="unknown format"):
+        export_onnx(str(standin), tmp_path / "c", format="tflite", progress=QUIET)
+
+
+def test_device_names():
+    assert parse_openvino_device("cpu", ["CPU"]) == "CPU"
+    assert parse_openvino_device("Gpu.1", ["CPU", "GPU.0", "GPU.1"]) == "GPU.1"
+    assert parse_openvino_device("GPU", ["CPU", "GPU.0"]) == "GPU"
+    assert parse_openvino_device("auto", ["CPU"]) == "AUTO"
+    with pytest.raises(DeviceError, match="no NPU device"):
+        parse_openvino_device("NPU", ["CPU"])
+    with pytest.raises(InputError, match="unknown OpenVINO device"):
+        parse_openvino_device("cuda", ["CPU"])
+
+
+def test_gpu_is_asked_for_by_name(ov_fp32, monkeypatch):
+    """Up to the device call: the GPU plugin gets the model, with the hint and without CPU-only properties."""
+    import openvino as ov
+
+    seen = {}
+    real = ov.Core
+
+    class FakeCore(real):
+        @property
+        def available_devices(self):
+            return ["CPU", "GPU.0"]
+
+        def compile_model(self, model, device, config):
+            seen["device"], seen["config"] = device, dict(config)
+            return super().compile_model(model, "CPU", {})
+
+    monkeypatch.setattr(ov, "Core", FakeCore)
+    rr = Reranker(ov_fp32, device="gpu", performance_hint="throughput")
+    assert seen == {"device": "GPU", "config": {"PERFORMANCE_HINT": "THROUGHPUT"}}
+    assert rr.device_kind == "GPU" and len(rr.score(QUERY, DOCS[:2])) == 2
+    with pytest.raises(DeviceError, match="no GPU device"):
+        monkeypatch.setattr(ov, "Core", real)
+        Reranker(ov_fp32, device="GPU")
+
+
+def test_missing_extra_is_named(ov_fp32, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_openvino(name, globals=None, locals=None, fromlist=(), level=0):
+        if level == 0 and (name == "openvino" or name.startswith("openvino.")):
+            raise ImportError(name)
+        return real_import(name, globals, locals, fromlist, level)
+
+    monkeypatch.setattr(builtins, "__import__", no_openvino)
+    with pytest.raises(ArtifactError, match=r"qrr\[openvino\]"):
+        Reranker(ov_fp32)
+
+
+def test_corrupted_weights_are_refused(ov_fp32, tmp_path):
+    import shutil
+
+    broken = shutil.copytree(ov_fp32, tmp_path / "broken")
+    data = (broken / "model.bin").read_bytes()
+    (broken / "model.bin").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtifactError, match="corrupted"):
+        Reranker(broken)
+    # same size, damaged graph: OpenVINO's own reader refuses it, in one line
+    (broken / "model.bin").write_bytes(data)
+    xml = (broken / "model.xml").read_text()
+    (broken / "model.xml").write_text(xml.replace("<layers>", "<layers><oops", 1)[: len(xml)])
+    manifest = json.loads((broken / "qrr.json").read_text())
+    manifest["files"]["model.xml"] = (broken / "model.xml").stat().st_size
+    (broken / "qrr.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="OpenVINO cannot read"):
+        Reranker(broken)
