@@ -175,3 +175,13 @@ def test_bad_evaluation_data(tmp_path, fp32_artifact, standin):
     bad.write_text('{"query": "q", "document": "d"}\n{"query": "q"}\n')
     with pytest.raises(Exception, match="line 2: needs string fields"):
         validate_artifact(fp32_artifact, str(standin), data=bad, write=False)
+
+
+def test_graph_is_fused_offline_and_the_manifest_says_how(fp32_artifact, int8_artifact):
+    for artifact in (fp32_artifact, int8_artifact):
+        graph = load_manifest(artifact)["graph"]
+        assert "ORT_ENABLE_EXTENDED" in graph["optimization"] and graph["nodes"]["after"] < graph["nodes"]["before"]
+        ops = [n.op_type for n in onnx.load(str(artifact / "model.onnx"), load_external_data=False).graph.node]
+        # tiny shape, 2 layers: 2 RMSNorms per layer, q_norm and k_norm, and the final norm
+        assert ops.count("SimplifiedLayerNormalization") == graph["fused_ops"]["SimplifiedLayerNormalization"] == 9
+        assert "ReduceMean" not in ops and "Pow" not in ops  # nothing left of an unfused RMSNorm
