@@ -84,10 +84,10 @@ def load_recipe(args, keep: int | None) -> Scorer:
     return scorer.score_pairs
 
 
-def load_qrr(args, fmt: str, precision: str) -> Scorer:
-    from qrr.runtime import Reranker
-
-    artifact = args.work / f"qrr-{fmt}-{precision}"
+def prepare_qrr(args, name: str) -> None:
+    """Export the artifact an engine needs, before anything is measured."""
+    _, fmt, precision = name.split("-")
+    artifact = args.work / name
     if not (artifact / "qrr.json").is_file():
         import importlib.util
 
@@ -99,8 +99,15 @@ def load_qrr(args, fmt: str, precision: str) -> Scorer:
         export_onnx(str(args.checkpoint), artifact, format=fmt, quant={"fp32": "none"}.get(precision, precision),
                     validate=False, progress=Progress())
         gc.collect()
-    rr = Reranker(artifact, threads=args.threads)
-    return rr.score_pairs
+
+
+def load_qrr(args, name: str) -> Scorer:
+    from qrr.runtime import Reranker
+
+    artifact = args.work / name
+    if not (artifact / "qrr.json").is_file():
+        raise Skip(f"{artifact} was not exported")
+    return Reranker(artifact, threads=args.threads).score_pairs
 
 
 def load_engine(name: str, args) -> Scorer:
@@ -109,8 +116,7 @@ def load_engine(name: str, args) -> Scorer:
     if name == "recipe-keep1":
         return load_recipe(args, 1)
     if name.startswith("qrr-"):
-        _, fmt, precision = name.split("-")
-        return load_qrr(args, fmt, precision)
+        return load_qrr(args, name)
     import peers
 
     return peers.load(name, args)
@@ -163,6 +169,14 @@ def main(argv: list[str] | None = None) -> int:
             for w, pairs in workloads.items()}
     peak = gemm_peak_gflops(args.threads)
     print(f"GEMM peak {peak:.0f} GFLOP/s on {args.threads} threads", flush=True)
+
+    for name in args.engines:
+        if name.startswith("qrr-"):
+            try:
+                prepare_qrr(args, name)
+            except Skip as exc:
+                print(f"{name}: {exc}", flush=True)
+    gc.collect()
 
     rows = []
     for name in args.engines:

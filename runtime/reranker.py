@@ -15,8 +15,9 @@ from .errors import ArtifactError, DeviceError, InputError
 from .manifest import load_manifest
 from .prompt import PromptTokenizer, _first_line, check_documents, check_text
 
-# Padded tokens per batch: enough to keep the GEMMs large, small enough to bound activation memory.
-DEFAULT_BATCH_TOKENS = 8192
+# Padded tokens per batch. On CPU a few hundred rows already keep the GEMMs efficient, and larger batches
+# only cost memory: 0.6B int8, workload A, peak RSS 1082 MiB at 512 against 4039 MiB at 8192, no slower.
+DEFAULT_BATCH_TOKENS = 512
 MAX_BATCH = 64
 # Attention scores per batch, rows × new tokens × (past + new tokens), times the heads and 4 bytes: the one
 # activation that grows quadratically in length. 4M cells are 256 MiB of fp32 scores with 16 heads.
