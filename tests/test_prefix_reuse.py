@@ -115,3 +115,14 @@ def test_plan_batches_bounds_attention_cells():
     lengths = [100] * 10
     batches = plan_batches(lengths, batch_tokens=10_000, past=50, max_cells=100 * 150 * 3)
     assert [len(b) for b in batches] == [3, 3, 3, 1]
+
+
+def test_an_8192_token_pair_runs_in_chunks(fp32_artifact):
+    """The longest pair the model card allows: chunked, and the chunk size does not change its score."""
+    rr = Reranker(fp32_artifact)
+    long_doc = " ".join(f"w{i}" for i in range(12000))
+    (ids,) = rr.tokenizer.encode([(QUERY, long_doc)])
+    assert len(ids) == 8192  # truncated by the recipe's rule, the prompt's suffix kept
+    default = rr.score(QUERY, [long_doc])
+    rr.chunk_tokens = 3000
+    np.testing.assert_allclose(rr.score(QUERY, [long_doc]), default, atol=EXACT)
