@@ -14,7 +14,8 @@ Engines (each skipped, with the reason in the table, when it cannot run here):
 
 Peer models are made outside this process (their exporters pin their own transformers); the paths come
 by flag, see benchmarks/peers/README.md. Each engine scores every workload once after a short warm-up;
-it prints pairs/s, ms/pair, peak RSS while the engine was loaded and scoring, the ratio to the recipe and
+it prints pairs/s, ms/pair, the process's peak RSS while the engine was loaded and scoring (cumulative: what
+earlier engines left resident counts too) and its growth over the engine, the ratio to the recipe and
 the share of the GEMM peak measured at the start, and writes throughput.json, throughput.md and
 throughput.png.
 
@@ -202,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: skipped ({error})", flush=True)
             rows.append({"engine": name, "skipped": error})
             continue
-        row = {"engine": name, "load_s": load_s, "peak_rss_mib": mem.peak_mib, "workloads": {}}
+        # one process: what earlier engines left resident is in the peak too, so the growth is kept beside it
+        row = {"engine": name, "load_s": load_s, "peak_rss_mib": mem.peak_mib,
+               "rss_growth_mib": (mem.peak - mem.start) / 2**20, "workloads": {}}
         for w, t in results.items():
             row["workloads"][w] = {"pairs": t.pairs, "seconds": t.best_s, "pairs_per_s": t.pairs_per_s,
                                    "ms_per_pair": t.ms_per_pair, "gflops": work[w] / t.best_s / 1e9,
@@ -216,16 +219,17 @@ def main(argv: list[str] | None = None) -> int:
     result = {"checkpoint": str(args.checkpoint), "threads": args.threads, "gemm_peak_gflops": peak,
               "workloads": {w: WORKLOADS[w] for w in workloads}, "rows": rows, "machine": machine_info(),
               "versions": versions()}
-    header = ["engine", "workload", "pairs/s", "ms/pair", "vs recipe", "GEMM peak share", "peak RSS MiB"]
+    header = ["engine", "workload", "pairs/s", "ms/pair", "vs recipe", "GEMM peak share", "process peak RSS MiB",
+              "RSS growth MiB"]
     table = []
     for r in rows:
         if "skipped" in r:
-            table.append([r["engine"], "—", "skipped: " + r["skipped"], "", "", "", ""])
+            table.append([r["engine"], "—", "skipped: " + r["skipped"], "", "", "", "", ""])
             continue
         for w, v in r["workloads"].items():
             ratio = f"{v['vs_recipe']:.2f}x" if v["vs_recipe"] else "—"
             table.append([r["engine"], w, f"{v['pairs_per_s']:.2f}", f"{v['ms_per_pair']:.0f}", ratio,
-                          f"{100 * v['peak_share']:.0f}%", f"{r['peak_rss_mib']:.0f}"])
+                          f"{100 * v['peak_share']:.0f}%", f"{r['peak_rss_mib']:.0f}", f"{r['rss_growth_mib']:.0f}"])
     save(args.out, "throughput", result, header, table)
     chart(rows, list(workloads), args.out / "throughput.png")
     return 0

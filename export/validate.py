@@ -199,11 +199,15 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def versions() -> dict[str, str]:
+# what the reference recipe's scores and timing depend on: the key of its cache
+REFERENCE_PACKAGES = ("qrr", "onnxruntime", "onnx", "torch", "transformers", "tokenizers", "numpy")
+
+
+def versions(names: tuple[str, ...] = (*REFERENCE_PACKAGES, "openvino", "nncf")) -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for name in ("qrr", "onnxruntime", "onnx", "torch", "transformers", "tokenizers", "numpy"):
+    for name in names:
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -332,7 +336,7 @@ def reference_cache_path(checkpoint: Path, queries: Sequence[Query], max_length:
             st = f.stat()
             h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     h.update(json.dumps([[q.query, q.instruction, q.documents] for q in queries], ensure_ascii=False).encode())
-    h.update(json.dumps([max_length, threads, versions(), machine_info()["cpu"]]).encode())
+    h.update(json.dumps([max_length, threads, versions(REFERENCE_PACKAGES), machine_info()["cpu"]]).encode())
     root = Path(os.environ.get("QRR_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qrr")
     return root / "reference" / f"{h.hexdigest()[:32]}.json"
 

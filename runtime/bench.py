@@ -120,7 +120,7 @@ class PeakRSS:
             self._stop.wait(self._interval)
 
     def __enter__(self) -> PeakRSS:
-        self.peak = self._proc.memory_info().rss
+        self.start = self.peak = self._proc.memory_info().rss
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
