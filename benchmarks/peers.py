@@ -19,7 +19,7 @@ BATCH = 8  # peers that compute full-vocabulary logits hold [batch, length, 1516
 
 
 class Skip(Exception):
-    pass
+    """This engine cannot run here; the message says why (benchmarks/throughput.py reports it)."""
 
 
 def by_query(pairs: Sequence[Pair], score_query: Callable[[str, list[str]], list[float]]) -> list[float]:
@@ -42,21 +42,16 @@ def _need(path: Path | None, flag: str) -> Path:
 
 
 def load(name: str, args) -> Callable[[Sequence[Pair]], list[float]]:
-    from throughput import Skip as EngineSkip
-
-    try:
-        if name in ("optimum-fp32", "optimum-int8"):
-            folder = _need(args.optimum_onnx if name == "optimum-fp32" else args.optimum_int8,
-                           "--optimum-onnx" if name == "optimum-fp32" else "--optimum-int8")
-            return optimum(folder, args.checkpoint / "tokenizer.json", args.threads)
-        if name in ("genai-fp32", "genai-int8"):
-            folder = _need(args.genai if name == "genai-fp32" else args.genai_int8,
-                           "--genai" if name == "genai-fp32" else "--genai-int8")
-            return genai(folder, args.threads)
-        if name == "llamacpp-q8_0":
-            return llamacpp(_need(args.gguf, "--gguf"), args.threads)
-    except Skip as exc:
-        raise EngineSkip(str(exc)) from None
+    if name in ("optimum-fp32", "optimum-int8"):
+        folder = _need(args.optimum_onnx if name == "optimum-fp32" else args.optimum_int8,
+                       "--optimum-onnx" if name == "optimum-fp32" else "--optimum-int8")
+        return optimum(folder, args.checkpoint / "tokenizer.json", args.threads)
+    if name in ("genai-fp32", "genai-int8"):
+        folder = _need(args.genai if name == "genai-fp32" else args.genai_int8,
+                       "--genai" if name == "genai-fp32" else "--genai-int8")
+        return genai(folder, args.threads)
+    if name == "llamacpp-q8_0":
+        return llamacpp(_need(args.gguf, "--gguf"), args.threads)
     raise ValueError(name)
 
 

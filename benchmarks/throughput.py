@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from peers import Skip
 from results_io import save
 
 Pair = tuple[str, str]
@@ -41,10 +42,6 @@ Scorer = Callable[[Sequence[Pair]], Sequence[float]]
 ENGINES = ["recipe", "recipe-keep1", "optimum-fp32", "optimum-int8", "genai-fp32", "genai-int8", "llamacpp-q8_0",
            "qrr-onnx-fp32", "qrr-onnx-int8", "qrr-onnx-int4", "qrr-openvino-fp32", "qrr-openvino-int8",
            "qrr-openvino-int4"]
-
-
-class Skip(Exception):
-    """This engine cannot run here; the message says why."""
 
 
 def gemm_peak_gflops(threads: int) -> float:

@@ -16,24 +16,6 @@ from pathlib import Path
 
 from results_io import save
 
-QUERY = "How does sunlight scattering in the atmosphere change the colour of the sky?"
-
-
-def documents(tokenizer, count: int = 32, tokens: int = 200) -> list[str]:
-    """`count` documents of about `tokens` tokens, cut from the built-in evaluation set's prose."""
-    from qrr.export.validate import load_pairs
-
-    words = " ".join(d for q in load_pairs() for d in q.documents if d.isascii()).split()
-    docs, start = [], 0
-    for _ in range(count):
-        n = 120
-        while len(tokenizer.encode(" ".join(words[start : start + n]), add_special_tokens=False).ids) < tokens:
-            n += 10
-        docs.append(" ".join(words[start : start + n]))
-        start = (start + n) % max(1, len(words) - 400)
-    return docs
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -54,13 +36,16 @@ def main(argv: list[str] | None = None) -> int:
     from qrr.export.standin import make_standin
     from qrr.export.validate import machine_info, versions
     from qrr.runtime import Reranker
+    from qrr.runtime.bench import make_workload
 
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     standin = args.work / f"standin-{args.shape}"
     if not (standin / "config.json").is_file():
         make_standin(standin, shape=args.shape, tokenizer=args.tokenizer)
-    docs = documents(Tokenizer.from_file(str(standin / "tokenizer.json")))
+    tok = Tokenizer.from_file(str(standin / "tokenizer.json"))
+    pairs = make_workload("A", lambda text: len(tok.encode(text, add_special_tokens=False).ids))
+    query, docs = pairs[0][0], [d for _, d in pairs]
     rows = []
     for precision in args.precisions:
         artifact = args.work / f"standin-{args.shape}-{precision}"
@@ -71,14 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         for device in devices:
             start = time.perf_counter()
             rr = Reranker(artifact, device=device, threads=args.threads)
-            first = rr.score(QUERY, docs[:1])
+            first = rr.score(query, docs[:1])
             cold = time.perf_counter() - start
             for _ in range(args.warmup):
-                rr.score(QUERY, docs)
+                rr.score(query, docs)
             times = []
             for _ in range(args.repeat):
                 t = time.perf_counter()
-                scores = rr.score(QUERY, docs)
+                scores = rr.score(query, docs)
                 times.append(time.perf_counter() - t)
             best = min(times)
             rows.append({

@@ -194,14 +194,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from qrr.runtime import Reranker
-    from qrr.runtime.bench import (
-        WORKLOADS,
-        PeakRSS,
-        load_data,
-        make_workload,
-        time_scoring,
-    )
-    from tokenizers import Tokenizer
+    from qrr.runtime.bench import WORKLOADS, PeakRSS, load_data, make_workload, time_scoring
 
     with PeakRSS() as load_mem:
         start = time.perf_counter()
@@ -209,15 +202,10 @@ def _bench(args: argparse.Namespace) -> int:
                       prefix_reuse=not args.no_prefix_reuse, batch_tokens=args.batch_tokens)
         rr.score("warm-up", ["a first score"])
         cold = time.perf_counter() - start
-    tok = Tokenizer.from_file(str(rr.path / rr.manifest["tokenizer_file"]))
-
-    def count(text: str) -> int:
-        return len(tok.encode(text, add_special_tokens=False).ids)
-
     if args.data is not None:
         workloads = {"data": (str(args.data), load_data(args.data))}
     else:
-        workloads = {w: (WORKLOADS[w], make_workload(w, count)) for w in args.workloads}
+        workloads = {w: (WORKLOADS[w], make_workload(w, rr.tokenizer.count)) for w in args.workloads}
     m = rr.manifest
     rows = []
     for name, (what, pairs) in workloads.items():

@@ -117,12 +117,12 @@ def export_onnx(
                 if scheme is not None:
                     scheme["method"] = settings["method"]
                     scheme["smoothing"] = smoothing
-                files, model_file = [OV_MODEL, WEIGHTS_FILE], OV_MODEL
+                files = [OV_MODEL, WEIGHTS_FILE]
                 precision = "fp32" if quant == "none" else quant
             elif quant in ("none", "fp16"):
                 with progress.step(f"saving the {body} graph"):
                     files = consolidate(fp32_path, out / MODEL_FILE)
-                precision, scheme, model_file = body, FP16_SCHEME if quant == "fp16" else None, MODEL_FILE
+                precision, scheme = body, FP16_SCHEME if quant == "fp16" else None
             else:
                 from qrr.quant import quantize_weights
 
@@ -136,20 +136,18 @@ def export_onnx(
                 scheme["method"] = settings["method"]
                 scheme["smoothing"] = smoothing
                 files = [MODEL_FILE, MODEL_FILE + ".data"]
-                precision, model_file = quant, MODEL_FILE
+                precision = quant
         graph = None
         if format == "onnx" and quant != "fp16":
             with progress.step("fusing the graph offline (onnxruntime, extended level)"):
                 graph = optimize_offline(out / MODEL_FILE)
         tokenizer.backend_tokenizer.save(str(out / TOKENIZER_FILE))
-        manifest = build_manifest(checkpoint, tokenizer, yes_id, no_id, precision, scheme, max_length, out, files)
-        manifest["model_file"] = model_file
-        if graph is not None:
-            manifest["graph"] = graph
         if format == "openvino":
-            manifest["format"] = "openvino"
-            manifest.pop("opset")
-            manifest["openvino"] = {"properties": openvino_properties(precision)}
+            backend = {"openvino": {"properties": openvino_properties(precision)}}
+        else:
+            backend = {"graph": graph} if graph is not None else {}
+        manifest = build_manifest(checkpoint, tokenizer, yes_id, no_id, precision, scheme, max_length, out, files,
+                                  format, backend)
         write_json(out / MANIFEST_NAME, manifest)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
@@ -316,19 +314,23 @@ def build_manifest(
     max_length: int,
     out: Path,
     model_files: list[str],
+    format: str = "onnx",
+    backend: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The manifest; `model_files` starts with the graph file, `backend` holds the format's own fields."""
     cfg = checkpoint.config
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return {
         "format_version": FORMAT_VERSION,
         "qrr_version": qrr_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "format": "onnx",
+        "format": format,
         "precision": precision,
         "quantization": scheme,
-        "model_file": MODEL_FILE,
+        "model_file": model_files[0],
         "tokenizer_file": TOKENIZER_FILE,
-        "opset": OPSET,
+        **({"opset": OPSET} if format == "onnx" else {}),
+        **(backend or {}),
         "inputs": list(INPUT_NAMES),
         "outputs": list(OUTPUT_NAMES),
         "padding": "right",

@@ -73,6 +73,10 @@ class PromptTokenizer:
                 f"take {len(self.prefix_ids) + len(self.suffix_ids)} tokens; use a larger max_length"
             )
 
+    def count(self, text: str) -> int:
+        """Tokens of `text` alone (no prompt): what the benchmark workloads cut their documents by."""
+        return len(self._tok.encode(text, add_special_tokens=False).ids)
+
     def pair_text(self, query: str, document: str, instruction: str | None = None) -> str:
         return pair_text(
             query, document, instruction, template=self.template, default_instruction=self.default_instruction

@@ -13,6 +13,7 @@ import numpy as np
 
 from .errors import ArtifactError, DeviceError, InputError
 from .manifest import load_manifest
+from .openvino import HINTS
 from .prompt import PromptTokenizer, _first_line, check_documents, check_text
 
 # Padded tokens per batch. On CPU a few hundred rows already keep the GEMMs efficient, and larger batches
@@ -113,7 +114,7 @@ class Reranker:
             raise InputError(f"threads must be a positive integer or None, got {threads!r}")
         if not isinstance(batch_tokens, int) or batch_tokens < 1:
             raise InputError(f"batch_tokens must be a positive integer, got {batch_tokens!r}")
-        if performance_hint not in ("latency", "throughput"):
+        if performance_hint not in HINTS:  # checked for every format, so a typo never waits for an OpenVINO artifact
             raise InputError(f"performance_hint must be 'latency' or 'throughput', got {performance_hint!r}")
         prompt = m["prompt"]
         self.tokenizer = PromptTokenizer(
