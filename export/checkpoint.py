@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qrr.runtime.errors import QrrError
+from qrr.runtime.errors import QrrError, first_line
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
@@ -50,9 +50,8 @@ def download(repo_id: str, revision: str | None) -> Path:
     try:
         return Path(snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=HUB_FILES))
     except Exception as exc:  # the hub client raises many types: offline, 404, gated, auth, disk
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(
-            f"cannot download {repo_id} from the Hugging Face hub ({type(exc).__name__}: {first}); "
+            f"cannot download {repo_id} from the Hugging Face hub ({type(exc).__name__}: {first_line(exc)}); "
             "check the id and your network, or pass a local checkpoint folder"
         ) from None
 
@@ -83,8 +82,7 @@ def load_tokenizer(checkpoint: Checkpoint, padding_side: str = "left"):
     try:
         tokenizer = AutoTokenizer.from_pretrained(checkpoint.path, padding_side=padding_side)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"cannot load the tokenizer of {checkpoint.source}: {first}") from None
+        raise CheckpointError(f"cannot load the tokenizer of {checkpoint.source}: {first_line(exc)}") from None
     if not getattr(tokenizer, "is_fast", False):
         raise CheckpointError(f"{checkpoint.source} has no fast tokenizer (tokenizer.json); qrr needs one")
     return tokenizer
@@ -112,6 +110,5 @@ def load_model(checkpoint: Checkpoint, attn_implementation: str | None = None):
     try:
         model = AutoModelForCausalLM.from_pretrained(checkpoint.path, **kwargs)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"cannot load the weights of {checkpoint.source}: {first}") from None
+        raise CheckpointError(f"cannot load the weights of {checkpoint.source}: {first_line(exc)}") from None
     return model.eval()

@@ -15,3 +15,9 @@ class InputError(QrrError, ValueError):
 
 class DeviceError(QrrError):
     """The requested device has no execution provider in this installation."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (libraries raise multi-line ones), or its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -12,8 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError, DeviceError, InputError
-from .prompt import _first_line
+from .errors import ArtifactError, DeviceError, InputError, first_line
 
 EXTRA = "OpenVINO artifacts need the openvino extra: pip install 'qrr[openvino]'"
 # What an artifact gets when its manifest names no compile properties (an fp32 graph computed in fp32).
@@ -73,7 +72,7 @@ class OpenVinoSession:
             model = core.read_model(str(model_file))
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with multi-line messages
             raise ArtifactError(
-                f"OpenVINO cannot read {model_file}: {_first_line(exc)}; the artifact may be corrupted, re-export it"
+                f"OpenVINO cannot read {model_file}: {first_line(exc)}; the artifact may be corrupted, re-export it"
             ) from None
         config: dict[str, Any] = dict(properties or DEFAULT_PROPERTIES)
         config["PERFORMANCE_HINT"] = hint.upper()
@@ -83,7 +82,7 @@ class OpenVinoSession:
         try:
             self.compiled = core.compile_model(model, self.device, config)
         except Exception as exc:
-            raise DeviceError(f"OpenVINO could not compile the model for {self.device}: {_first_line(exc)}") from None
+            raise DeviceError(f"OpenVINO could not compile the model for {self.device}: {first_line(exc)}") from None
         self.properties = {k: str(self.compiled.get_property(k)) for k in config}
         self.request = self.compiled.create_infer_request()
         self._inputs = [_Input(p) for p in self.compiled.inputs]

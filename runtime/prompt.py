@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from .errors import ArtifactError, InputError
+from .errors import ArtifactError, InputError, first_line
 
 PREFIX = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
@@ -56,7 +56,7 @@ class PromptTokenizer:
             tok = Tokenizer.from_file(str(tokenizer_file))
         except Exception as exc:  # tokenizers raises a bare Exception on a bad file
             raise ArtifactError(
-                f"cannot read the tokenizer {tokenizer_file}: {_first_line(exc)}; re-export the artifact"
+                f"cannot read the tokenizer {tokenizer_file}: {first_line(exc)}; re-export the artifact"
             ) from None
         tok.no_truncation()
         tok.no_padding()
@@ -108,8 +108,3 @@ def check_documents(documents: object) -> list[str]:
     for i, doc in enumerate(docs):
         check_text(doc, f"documents[{i}]")
     return docs
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

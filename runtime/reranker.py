@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArtifactError, DeviceError, InputError
+from .errors import ArtifactError, DeviceError, InputError, first_line
 from .manifest import load_manifest
 from .openvino import HINTS
-from .prompt import PromptTokenizer, _first_line, check_documents, check_text
+from .prompt import PromptTokenizer, check_documents, check_text
 
 # Padded tokens per batch. On CPU a few hundred rows already keep the GEMMs efficient, and larger batches
 # only cost memory: 0.6B int8, workload A, peak RSS 1082 MiB at 512 against 4039 MiB at 8192, no slower.
@@ -284,7 +284,7 @@ class Reranker:
             session = ort.InferenceSession(str(model), sess_options=so, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for every load failure
             raise ArtifactError(
-                f"onnxruntime cannot load {model}: {_first_line(exc)}; the artifact may be corrupted, re-export it"
+                f"onnxruntime cannot load {model}: {first_line(exc)}; the artifact may be corrupted, re-export it"
             ) from None
         if provider not in session.get_providers():  # onnxruntime falls back to CPU with only a log line
             raise DeviceError(
