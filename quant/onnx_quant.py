@@ -143,7 +143,13 @@ def quantize_embedding_rows(model: onnx.ModelProto) -> dict[str, Any]:
 
 
 def quantize_embedding_blocks(model: onnx.ModelProto, block_size: int) -> dict[str, Any]:
-    """Replace the embedding Gather by onnxruntime's GatherBlockQuantized: 4-bit, blocks along the row."""
+    """Replace the embedding Gather by onnxruntime's GatherBlockQuantized: 4-bit, blocks along the row.
+
+    The same numbers as onnxruntime's own Gather quantizer (tests/test_quant.py checks they are equal), which
+    cannot be used here: it stores ONNX INT4 tensors and so raises the model to opset 21, which breaks the
+    opset-17 ops the TorchScript exporter writes (ReduceMean with an axes attribute). This packs the same
+    4-bit values two to a uint8, which GatherBlockQuantized reads at any opset.
+    """
     graph = model.graph
     node = _embedding_gather(graph)
     init = next(t for t in graph.initializer if t.name == node.input[0])
@@ -152,7 +158,7 @@ def quantize_embedding_blocks(model: onnx.ModelProto, block_size: int) -> dict[s
     if cols % block_size:
         raise QuantizationError(f"embedding width ({cols}) is not a multiple of the block size ({block_size})")
     blocks = table.reshape(rows, cols // block_size, block_size)
-    lo, hi = blocks.min(-1), blocks.max(-1)
+    lo, hi = np.minimum(blocks.min(-1), 0), np.maximum(blocks.max(-1), 0)  # 0 in range: zero point in [0, 15]
     scale = np.maximum((hi - lo) / 15.0, 1e-12).astype(np.float32)
     zero = np.clip(np.rint(-lo / scale), 0, 15).astype(np.uint8)
     q = np.clip(np.rint(blocks / scale[..., None]) + zero[..., None], 0, 15).astype(np.uint8).reshape(rows, cols)

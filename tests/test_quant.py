@@ -15,7 +15,9 @@ import torch  # noqa: E402
 from qrr.export import export_onnx, validate_artifact  # noqa: E402
 from qrr.export.progress import Progress  # noqa: E402
 from qrr.quant.smooth import fake_quant, fold  # noqa: E402
-from qrr.runtime import load_manifest  # noqa: E402
+from qrr.runtime import QrrError, load_manifest  # noqa: E402
+
+pytestmark = pytest.mark.slow
 
 QUIET = Progress(enabled=False)
 # The targets of the quantization issue, on the built-in set (README, "Quantization").
@@ -99,7 +101,46 @@ def test_int4_is_smaller_than_int8(int4_artifact, int8_artifact):
 
 
 def test_options_only_for_int8_and_int4(trained, tmp_path):
-    with pytest.raises(Exception, match="apply to int8 and int4"):
+    with pytest.raises(QrrError, match="apply to int8 and int4"):
         export_onnx(str(trained), tmp_path / "x", quant="none", method="awq", progress=QUIET)
-    with pytest.raises(Exception, match="unknown method"):
+    with pytest.raises(QrrError, match="unknown method"):
         export_onnx(str(trained), tmp_path / "y", quant="int4", method="gptq-ish", progress=QUIET)
+
+
+def test_int4_embedding_equals_onnxruntimes_own_gather_quantizer():
+    """Our 4-bit GatherBlockQuantized dequantizes exactly as onnxruntime's quantizer does (asymmetric blocks of 32),
+    blocks of one sign included (their range is stretched to 0, so the zero point stays in 0..15)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    from qrr.quant.onnx_quant import quantize_embedding_blocks
+
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((50, 64)).astype(np.float32)
+    table[3, 5] = 9.0  # an outlier decides only its own block's step
+    table[7, :32] = np.abs(table[7, :32]) + 0.5  # a block that holds no negative value
+
+    def model():
+        graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["out"], name="embed", axis=0)], "g",
+                                  [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+                                  [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 64])],
+                                  [numpy_helper.from_array(table, "table")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    ours = model()
+    assert quantize_embedding_blocks(ours, 32)["op"] == "GatherBlockQuantized"
+    config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=False, bits=4, op_types_to_quantize=("Gather",),
+                                          quant_axes=(("Gather", 1),))
+    quantizer = MatMulNBitsQuantizer(model(), algo_config=config, op_types_to_quantize=("Gather",))
+    quantizer.process()
+    ids = np.arange(50, dtype=np.int64)
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+
+    got, theirs = run(ours), run(quantizer.model.model)
+    np.testing.assert_array_equal(got, theirs)
+    assert np.abs(got[7] - table[7]).max() < 0.2  # the one-sign block is not clipped
+    assert np.abs(got[3] - table[3])[32:].max() < np.abs(got[3] - table[3])[:32].max()
