@@ -12,11 +12,26 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from qrr.export.presets import (
+    ACCURACY_LEVELS,
+    ALIASES,
+    BLOCK_SIZES,
+    DEFAULT_MAX_DROP,
+    FORMATS,
+    METHODS,
+    PRECISIONS,
+    PRESETS,
+)
+from qrr.export.standin import SHAPES
+from qrr.runtime.bench import WORKLOADS
 from qrr.runtime.errors import QrrError
 from qrr.runtime.prompt import DEFAULT_MAX_LENGTH
 from qrr.runtime.reranker import DEFAULT_BATCH_TOKENS
 
-EXPORT_EXTRA = "this command needs the export extra (torch, transformers, onnx): pip install 'qrr[export]'"
+# qrr is installed from a clone (it is not on PyPI): extras are installed from the clone's folder
+EXPORT_EXTRA = ("this command needs the export extra (torch, transformers, onnx): in the qrr clone run "
+                "bash scripts/setup.sh, or pip install -e '.[export]' after installing the CPU build of torch")
+SERVER_EXTRA = "qrr serve needs the server extra (FastAPI, uvicorn): in the qrr clone run pip install -e '.[server]'"
 
 
 def _positive_int(text: str) -> int:
@@ -42,25 +57,25 @@ def _positive_float(text: str) -> float:
 def _add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="a local checkpoint folder, or a hub id such as Qwen/Qwen3-Reranker-0.6B")
     p.add_argument("-o", "--output", required=True, type=Path, help="the artifact folder to create (must be new or empty)")
-    p.add_argument("--format", choices=["onnx", "openvino"], default="onnx",
+    p.add_argument("--format", choices=FORMATS, default="onnx",
                    help="onnx (onnxruntime: CPU, CUDA, DirectML) or openvino (Intel CPU, GPU, NPU; needs the "
                         "openvino extra) (default: onnx)")
-    p.add_argument("--quant", choices=["none", "int8", "int4", "fp16"], default="none",
-                   help="weights: none = fp32, int8 / int4 = blockwise 8 / 4-bit (ONNX: MatMulNBits; OpenVINO: "
-                        "NNCF, int8 per channel, int4 grouped), fp16 = fp16 body for GPUs, ONNX only (default: none)")
-    p.add_argument("--method", choices=["smoothquant", "awq", "rtn", "hqq"], default=None,
+    p.add_argument("--quant", choices=[*PRECISIONS, *ALIASES], default="fp32",
+                   help="weights: fp32 (alias none), int8 / int4 = blockwise 8 / 4-bit (ONNX: MatMulNBits; OpenVINO: "
+                        "NNCF, int8 per channel, int4 grouped), fp16 = fp16 body for GPUs, ONNX only (default: fp32)")
+    p.add_argument("--method", choices=METHODS, default=None,
                    help="int8/int4 only: activation-aware scales (smoothquant, awq) or plain rounding (rtn, hqq) "
-                        "(default: smoothquant for int8, awq for int4)")
-    p.add_argument("--block-size", type=int, choices=[16, 32, 64, 128, 256], default=None,
-                   help="int8/int4 only: weights per scale along the input dimension (default: 32)")
-    p.add_argument("--accuracy-level", type=int, choices=[0, 4], default=None,
-                   help="int8/int4 only: 0 = float activations, 4 = int8 activations and VNNI kernels "
+                        f"(default: {PRESETS['int8'].method} for int8, {PRESETS['int4'].method} for int4)")
+    p.add_argument("--block-size", type=int, choices=BLOCK_SIZES, default=None,
+                   help=f"int8/int4 only: weights per scale along the input dimension (default: {PRESETS['int8'].block_size})")
+    p.add_argument("--accuracy-level", type=int, choices=ACCURACY_LEVELS, default=None,
+                   help="ONNX int8/int4 only: 0 = float activations, 4 = int8 activations and VNNI kernels "
                         "(default: per precision, README)")
     p.add_argument("--calibration", type=Path, default=None,
                    help="pairs (JSON Lines) for smoothquant/awq statistics (default: the built-in set)")
     p.add_argument("--max-drop", type=_positive_float, default=None,
-                   help="largest allowed |ΔP(yes)| of any evaluation pair vs the PyTorch reference "
-                        "(default: 0.001 for fp32, 0.01 for fp16, 0.03 for int8, 0.1 for int4)")
+                   help="largest allowed |ΔP(yes)| of any evaluation pair vs the PyTorch reference (default: "
+                        + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_MAX_DROP.items()) + ")")
     p.add_argument("--no-validate", action="store_true", help="skip validation against the PyTorch reference")
     p.add_argument("--max-length", type=_positive_int, default=DEFAULT_MAX_LENGTH,
                    help=f"tokens per pair, prompt included; longer documents are truncated (default: {DEFAULT_MAX_LENGTH})")
@@ -72,27 +87,25 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
 
 def _export(args: argparse.Namespace) -> int:
     try:
-        from qrr.export import ValidationError, export_onnx
+        from qrr.export import ValidationError, export_onnx, export_openvino
         from qrr.export.progress import Progress
     except ImportError:
         raise QrrError(EXPORT_EXTRA) from None
+    options = dict(
+        quant=args.quant, max_length=args.max_length, validate=not args.no_validate, max_drop=args.max_drop,
+        data=args.data, revision=args.revision, method=args.method, block_size=args.block_size,
+        calibration=args.calibration, progress=Progress(enabled=not args.quiet),
+    )
+    if args.format == "openvino":
+        if args.accuracy_level is not None:
+            raise QrrError("--accuracy-level is onnxruntime's MatMulNBits setting; OpenVINO artifacts do not take it")
+        run = lambda: export_openvino(args.source, args.output, **options)  # noqa: E731
+    else:
+        run = lambda: export_onnx(args.source, args.output, accuracy_level=args.accuracy_level, **options)  # noqa: E731
     try:
-        export_onnx(
-            args.source,
-            args.output,
-            quant=args.quant,
-            format=args.format,
-            max_length=args.max_length,
-            validate=not args.no_validate,
-            max_drop=args.max_drop,
-            data=args.data,
-            revision=args.revision,
-            method=args.method,
-            block_size=args.block_size,
-            accuracy_level=args.accuracy_level,
-            calibration=args.calibration,
-            progress=Progress(enabled=not args.quiet),
-        )
+        run()
+    except ImportError as exc:  # torch, transformers or onnx missing or broken
+        raise QrrError(f"{EXPORT_EXTRA} ({exc})") from None
     except ValidationError as exc:
         print(f"qrr: {exc} (the artifact and its validation.json are kept in {args.output})", file=sys.stderr)
         return 1
@@ -103,7 +116,7 @@ def _validate(args: argparse.Namespace) -> int:
     try:
         from qrr.export import ValidationError, validate_artifact
         from qrr.export.progress import Progress
-        from qrr.export.validate import format_report
+        from qrr.export.report import format_report
     except ImportError:
         raise QrrError(EXPORT_EXTRA) from None
     progress = Progress(enabled=not args.json)
@@ -118,11 +131,11 @@ def _validate(args: argparse.Namespace) -> int:
         report = json.loads((args.artifact / "validation.json").read_text(encoding="utf-8"))
     if args.html:
         from qrr.export.html_report import latency_by_length, write_html
-        from qrr.export.validate import load_pairs
         from qrr.runtime import Reranker
+        from qrr.runtime.pairs import load_queries
 
         rr = Reranker(args.artifact, device=args.device, threads=args.threads)
-        page = write_html(report, args.html, latency_by_length(rr, load_pairs(args.data)))
+        page = write_html(report, args.html, latency_by_length(rr, load_queries(args.data)))
         progress.log(f"report page written to {page}")
     if failed is not None:
         print(f"qrr: {failed}", file=sys.stderr)
@@ -169,11 +182,22 @@ def _rerank(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"query": args.query, "results": [r.__dict__ for r in results]}, ensure_ascii=False))
         return 0
-    print(f"{'rank':>4}  {'score':>8}  {'index':>5}  document")
+    digits = score_digits([r.score for r in results])
+    width = max(8, digits + 2)
+    print(f"{'rank':>4}  {'score':>{width}}  {'index':>5}  document")
     for rank, r in enumerate(results, 1):
         flat = " ".join(r.document.split())
-        print(f"{rank:>4}  {r.score:8.5f}  {r.index:>5}  {flat[:100] + ('…' if len(flat) > 100 else '')}")
+        print(f"{rank:>4}  {r.score:{width}.{digits}f}  {r.index:>5}  {flat[:100] + ('…' if len(flat) > 100 else '')}")
     return 0
+
+
+def score_digits(scores: Sequence[float], least: int = 5) -> int:
+    """Decimals enough that scores which differ print differently (at least `least`, at most 17)."""
+    distinct = len(set(scores))
+    for digits in range(least, 17):
+        if len({f"{s:.{digits}f}" for s in scores}) == distinct:
+            return digits
+    return 17
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -181,7 +205,7 @@ def _serve(args: argparse.Namespace) -> int:
         import uvicorn
         from qrr.server import ServerConfig, create_app
     except ImportError:
-        raise QrrError("qrr serve needs the server extra (FastAPI, uvicorn): pip install 'qrr[server]'") from None
+        raise QrrError(SERVER_EXTRA) from None
     from qrr.runtime import Reranker
 
     rr = Reranker(args.artifact, device=args.device, threads=args.threads, max_length=args.max_length)
@@ -194,7 +218,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from qrr.runtime import Reranker
-    from qrr.runtime.bench import WORKLOADS, PeakRSS, load_data, make_workload, time_scoring
+    from qrr.runtime.bench import make_workload
+    from qrr.runtime.pairs import flat_pairs, load_queries
+    from qrr.runtime.timing import PeakRSS, timed
 
     with PeakRSS() as load_mem:
         start = time.perf_counter()
@@ -203,7 +229,7 @@ def _bench(args: argparse.Namespace) -> int:
         rr.score("warm-up", ["a first score"])
         cold = time.perf_counter() - start
     if args.data is not None:
-        workloads = {"data": (str(args.data), load_data(args.data))}
+        workloads = {"data": (str(args.data), flat_pairs(load_queries(args.data)))}
     else:
         workloads = {w: (WORKLOADS[w], make_workload(w, rr.tokenizer.count)) for w in args.workloads}
     m = rr.manifest
@@ -211,7 +237,7 @@ def _bench(args: argparse.Namespace) -> int:
     for name, (what, pairs) in workloads.items():
         tokens = sum(map(len, rr.tokenizer.encode(pairs)))
         with PeakRSS() as mem:
-            timing, _ = time_scoring(rr.score_pairs, pairs, repeat=args.repeat, warmup=args.warmup)
+            timing, _ = timed(lambda: rr.score_pairs(pairs), len(pairs), repeat=args.repeat, warmup=args.warmup)
         rows.append({"workload": name, "what": what, "pairs": len(pairs), "tokens": tokens,
                      "pairs_per_s": timing.pairs_per_s, "ms_per_pair": timing.ms_per_pair,
                      "median_s": timing.median_s, "peak_rss_mib": mem.peak_mib})
@@ -232,14 +258,17 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _standin(args: argparse.Namespace) -> int:
-    try:
-        from qrr.export.standin import make_standin
-    except ImportError:
-        raise QrrError(EXPORT_EXTRA) from None
+    from qrr.export.standin import make_standin
+
     if args.output.exists() and any(args.output.iterdir()):
         raise QrrError(f"output folder {args.output} exists and is not empty; choose a new folder or remove it")
-    path = make_standin(args.output, shape=args.shape, tokenizer=args.tokenizer, seed=args.seed, outliers=args.outliers)
-    print(f"stand-in {args.shape} checkpoint (random weights) written to {path}", file=sys.stderr)
+    try:
+        path = make_standin(args.output, shape=args.shape, tokenizer=args.tokenizer, seed=args.seed,
+                            outliers=args.outliers, train_steps=args.train_steps)
+    except ImportError as exc:  # torch or transformers missing
+        raise QrrError(f"{EXPORT_EXTRA} ({exc})") from None
+    weights = f"trained {args.train_steps} steps" if args.train_steps else "random weights"
+    print(f"stand-in {args.shape} checkpoint ({weights}) written to {path}", file=sys.stderr)
     return 0
 
 
@@ -292,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure an artifact's speed and memory on this machine (workloads A, B, C)")
     p.add_argument("artifact", type=Path)
-    p.add_argument("--workloads", nargs="+", choices=["A", "B", "C"], default=["A", "B", "C"],
+    p.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS),
                    help="A: 1 query x 32 docs x ~200 tokens; B: 1 x 8 x ~1000; C: 64 mixed pairs of 20-500 tokens")
     p.add_argument("--data", type=Path, default=None,
                    help='your own pairs instead, JSON Lines {"query": ..., "document": ...} or {"query", "documents"}')
@@ -309,12 +338,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("standin", help="write a random-weight Qwen3 checkpoint of a published shape (offline demos)")
     p.add_argument("-o", "--output", required=True, type=Path)
-    p.add_argument("--shape", choices=["tiny", "small", "0.6b", "4b", "8b"], default="tiny")
+    p.add_argument("--shape", choices=list(SHAPES), default="tiny")
     p.add_argument("--tokenizer", type=Path, default=None, help="folder with a Qwen3 tokenizer.json (default: a generated one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--outliers", type=float, default=0.0,
                    help="give a few hidden channels activations this many times the rest, function-preserving "
                         "(real LLMs have ~100x outliers; 0 = none)")
+    p.add_argument("--train-steps", type=int, default=0,
+                   help="first train it this many steps as a reranker on the built-in pairs, so that its scores "
+                        "spread like a real reranker's (tiny/small shapes: 40-80; 0 = random weights)")
     p.set_defaults(run=_standin)
     return parser
 

@@ -1,7 +1,28 @@
-"""qrr.export: checkpoint → validated artifact. Needs the [export] extra (torch, transformers, onnx)."""
+"""qrr.export: checkpoint → validated artifact. Needs the [export] extra (torch, transformers, onnx).
 
-from .checkpoint import CheckpointError
-from .to_onnx import QUANT_CHOICES, export_onnx
-from .validate import DEFAULT_MAX_DROP, ValidationError, validate_artifact
+Importing the package is cheap: the exporters load torch only when called, and `qrr.export.presets`
+(formats, precisions, presets) imports nothing heavy, so the CLI reads its choices from there.
+"""
 
-__all__ = ["CheckpointError", "DEFAULT_MAX_DROP", "QUANT_CHOICES", "ValidationError", "export_onnx", "validate_artifact"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .presets import DEFAULT_MAX_DROP, FORMATS, PRECISIONS, PRESETS, Preset
+
+_LAZY = {
+    "CheckpointError": "checkpoint",
+    "ValidationError": "validate",
+    "export_onnx": "to_onnx",
+    "export_openvino": "to_openvino",
+    "validate_artifact": "validate",
+}
+
+__all__ = ["DEFAULT_MAX_DROP", "FORMATS", "PRECISIONS", "PRESETS", "Preset", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,7 +22,7 @@ class CheckpointError(QrrError):
 class Checkpoint:
     source: str  # what the user gave: a folder or a hub id
     path: Path  # the local folder holding config.json, weights and tokenizer
-    revision: str | None  # the hub commit, when downloaded
+    revision: str | None  # the hub commit the requested revision resolved to, when downloaded
     config: dict[str, Any]
 
 
@@ -38,15 +38,15 @@ def resolve(source: str, revision: str | None = None) -> Checkpoint:
             f"checkpoint not found: {source!r} is neither a local folder nor a hub id such as Qwen/Qwen3-Reranker-0.6B"
         )
     path = download(source, revision)
-    # snapshots/<commit>/ is the layout of the hub cache: the folder name is the resolved revision
-    return Checkpoint(source, path, path.name if revision is None else revision, read_config(path))
+    # snapshots/<commit>/ is the layout of the hub cache: the folder name is the commit the revision resolved to
+    return Checkpoint(source, path, path.name, read_config(path))
 
 
 def download(repo_id: str, revision: str | None) -> Path:
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise CheckpointError("downloading from the hub needs huggingface_hub: pip install 'qrr[export]'") from None
+        raise CheckpointError("downloading from the hub needs huggingface_hub: pip install huggingface_hub") from None
     try:
         return Path(snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=HUB_FILES))
     except Exception as exc:  # the hub client raises many types: offline, 404, gated, auth, disk

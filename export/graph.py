@@ -23,11 +23,15 @@ Positions continue the past: P + 0 … P + L − 1.
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import torch
 from torch import nn
 
 INPUT_NAMES = ["input_ids", "attention_mask", "past_key_values", "present_length"]
 OUTPUT_NAMES = ["score_logit", "present"]
+OPSET = 17
 
 
 class ScoringModule(nn.Module):
@@ -96,3 +100,35 @@ class ScoringModule(nn.Module):
         out = torch.matmul(weights[..., :split], past_v) + torch.matmul(weights[..., split:], v)
         out = out.reshape(batch, heads, length, hd).transpose(1, 2).reshape(batch, length, heads * hd)
         return attn.o_proj(out), torch.stack([k, v], dim=1)  # [B, 2, kv, L, hd]
+
+
+def trace(model, yes_id: int, no_id: int, path: Path, *, fp16: bool = False) -> None:
+    """Trace the scoring module of the transformers `model` to the ONNX file `path` (its weights beside it)."""
+    module = ScoringModule(model, yes_id, no_id).eval()
+    if fp16:
+        module.body.half()  # the head direction was taken in fp32 above and stays fp32
+    dtype = torch.float16 if fp16 else torch.float32
+    ids = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 0]], dtype=torch.long)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.long)
+    past = torch.zeros(len(module.body.layers), 2, module.kv_heads, 3, module.head_dim, dtype=dtype)
+    keep = torch.tensor(2, dtype=torch.long)
+    axes = {
+        "input_ids": {0: "batch", 1: "sequence"},
+        "attention_mask": {0: "batch", 1: "sequence"},
+        "past_key_values": {3: "past_sequence"},
+        "score_logit": {0: "batch"},
+        "present": {3: "present_sequence"},
+    }
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # The TorchScript exporter (dynamo=False) keeps batch and lengths dynamic through the mask arithmetic.
+        torch.onnx.export(
+            module,
+            (ids, mask, past, keep),
+            str(path),
+            dynamo=False,
+            input_names=INPUT_NAMES,
+            output_names=OUTPUT_NAMES,
+            dynamic_axes=axes,
+            opset_version=OPSET,
+        )

@@ -9,15 +9,17 @@ from __future__ import annotations
 import base64
 import html
 import io
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from qrr.runtime import Reranker
+from qrr.runtime.errors import QrrError
+from qrr.runtime.pairs import Query
+from qrr.runtime.timing import timed
 
-from .validate import Query, spearman
+from .metrics import spearman
 
 
 def latency_by_length(rr: Reranker, queries: list[Query], samples: int = 24) -> list[tuple[int, float]]:
@@ -29,12 +31,8 @@ def latency_by_length(rr: Reranker, queries: list[Query], samples: int = 24) -> 
     out = []
     for i in order[picks]:
         q, d = pairs[i]
-        best = float("inf")
-        for _ in range(2):
-            t = time.perf_counter()
-            rr.score_pairs([(q.query, d)], instruction=q.instruction)
-            best = min(best, time.perf_counter() - t)
-        out.append((lengths[i], 1000 * best))
+        timing, _ = timed(lambda: rr.score_pairs([(q.query, d)], instruction=q.instruction), 1, repeat=2)
+        out.append((lengths[i], timing.ms_per_pair))
     return out
 
 
@@ -51,8 +49,6 @@ def write_html(report: dict[str, Any], path: str | Path, latency: list[tuple[int
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        from qrr.runtime.errors import QrrError
-
         raise QrrError("--html needs matplotlib: pip install matplotlib") from None
     ref = np.asarray(report["scores"]["reference"])
     art = np.asarray(report["scores"]["artifact"])

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from qrr.runtime.errors import QrrError
-from qrr.runtime.prompt import PREFIX, SUFFIX
+from qrr.runtime.pairs import BUILTIN_FILE, load_queries
+from qrr.runtime.prompt import PREFIX, SUFFIX, pair_text
 
 # Published Qwen3-Reranker shapes (config.json of each checkpoint); "tiny" is for tests.
 SHAPES: dict[str, dict[str, Any]] = {
@@ -52,7 +53,7 @@ def build_tokenizer(vocab_size: int = 2000):
         ]
     )
     tok.decoder = decoders.ByteLevel()
-    data = resources.files("qrr.export").joinpath("data/eval_pairs.jsonl").read_text(encoding="utf-8")
+    data = resources.files("qrr.runtime").joinpath(BUILTIN_FILE).read_text(encoding="utf-8")
     corpus = [PREFIX, SUFFIX, "yes\nno\nyes no Yes No", *data.splitlines()] * 2
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -185,11 +186,7 @@ def train_reranker(model, tok, steps: int, *, seed: int = 0, batch: int = 16, lr
 
     import torch
 
-    from qrr.runtime.prompt import pair_text
-
-    from .validate import load_pairs
-
-    rows = [(q, d, float((label or 0) > 0)) for q in load_pairs() for d, label in zip(q.documents, q.labels)]
+    rows = [(q, d, float((label or 0) > 0)) for q in load_queries() for d, label in zip(q.documents, q.labels)]
     prefix = tok.encode(PREFIX, add_special_tokens=False).ids
     suffix = tok.encode(SUFFIX, add_special_tokens=False).ids
     yes, no = tok.token_to_id("yes"), tok.token_to_id("no")

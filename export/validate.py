@@ -1,4 +1,8 @@
-"""Validation of an artifact against the PyTorch reference: accuracy drop, latency and memory of both."""
+"""Validation of an artifact against the PyTorch reference: accuracy drop, latency and memory of both.
+
+The reference's scores and timing are cached per checkpoint, data, max length, threads and packages, so that
+exporting several precisions of one checkpoint runs the slow recipe once.
+"""
 
 from __future__ import annotations
 
@@ -6,216 +10,40 @@ import gc
 import hashlib
 import json
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qrr.runtime import Reranker
-from qrr.runtime.bench import PeakRSS
-from qrr.runtime.errors import QrrError
-from qrr.runtime.manifest import (
-    MANIFEST_NAME,
-    VALIDATION_NAME,
-    load_manifest,
-    write_json,
-)
 
-# Largest allowed |ΔP(yes)| of any evaluation pair against the reference, per precision (README, "Validation").
-DEFAULT_MAX_DROP = {"fp32": 1e-3, "fp16": 0.01, "int8": 0.03, "int4": 0.1}
-BUILTIN = "built-in"
+from qrr.runtime import Reranker
+from qrr.runtime.errors import QrrError
+from qrr.runtime.machine import REFERENCE_PACKAGES, cpu_name, machine_info, versions
+from qrr.runtime.manifest import MANIFEST_NAME, VALIDATION_NAME, load_manifest, write_json
+from qrr.runtime.pairs import BUILTIN, Query, load_queries
+from qrr.runtime.timing import PeakRSS, timed
+
+from .metrics import compare
+from .presets import DEFAULT_MAX_DROP
+from .report import summary
 
 
 class ValidationError(QrrError):
     """The artifact's scores drift from the reference more than the user allows."""
 
 
-@dataclass
-class Query:
-    query: str
-    instruction: str | None
-    documents: list[str] = field(default_factory=list)
-    labels: list[float | None] = field(default_factory=list)
+Scorer = Callable[[Sequence[tuple[str, str]], str | None], Sequence[float]]
 
 
-def load_pairs(path: str | Path | None = None) -> list[Query]:
-    """JSON Lines of {"query", "document", "label"?, "instruction"?, "qid"?}; the built-in set when None."""
-    if path is None:
-        text = resources.files("qrr.export").joinpath("data/eval_pairs.jsonl").read_text(encoding="utf-8")
-        name = BUILTIN
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise QrrError(f"evaluation data not found: {p}")
-        text, name = p.read_text(encoding="utf-8"), str(p)
-    groups: dict[tuple[str, str | None, str | None], Query] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise QrrError(f"{name}, line {number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("query"), str) or not isinstance(row.get("document"), str):
-            raise QrrError(f"{name}, line {number}: needs string fields 'query' and 'document'")
-        label = row.get("label")
-        if label is not None and not isinstance(label, (int, float)):
-            raise QrrError(f"{name}, line {number}: 'label' must be a number")
-        instruction = row.get("instruction")
-        key = (row.get("qid") or row["query"], row["query"], instruction)
-        group = groups.setdefault(key, Query(row["query"], instruction))
-        group.documents.append(row["document"])
-        group.labels.append(label)
-    if not groups:
-        raise QrrError(f"{name} holds no pairs")
-    return list(groups.values())
-
-
-# -- metrics (numpy only) --------------------------------------------------------------------------------------
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Average ranks, ties shared (as scipy.stats.rankdata)."""
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), dtype=np.float64)
-    sorted_x = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1
-        i = j + 1
-    return ranks
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = _ranks(a), _ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return 1.0 if ra.std() == rb.std() else 0.0
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def kendall(a: np.ndarray, b: np.ndarray) -> float:
-    """Kendall's tau-b."""
-    da = np.sign(a[:, None] - a[None, :])
-    db = np.sign(b[:, None] - b[None, :])
-    upper = np.triu_indices(len(a), 1)
-    da, db = da[upper], db[upper]
-    denom = np.sqrt(np.count_nonzero(da) * np.count_nonzero(db))
-    if denom == 0:
-        return 1.0 if np.count_nonzero(da) == np.count_nonzero(db) else 0.0
-    return float((da * db).sum() / denom)
-
-
-def ranking(scores: np.ndarray) -> np.ndarray:
-    """Indices best first; ties by input order (as Reranker.rerank)."""
-    return np.lexsort((np.arange(len(scores)), -scores))
-
-
-def ndcg_at(order: np.ndarray, gains: np.ndarray, k: int = 10) -> float:
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    dcg = float((gains[order[:k]] * discounts[: len(order[:k])]).sum())
-    ideal = np.sort(gains)[::-1][:k]
-    idcg = float((ideal * discounts[: len(ideal)]).sum())
-    return dcg / idcg if idcg > 0 else 1.0
-
-
-def reciprocal_rank(order: np.ndarray, labels: np.ndarray) -> float:
-    hits = np.nonzero(labels[order] > 0)[0]
-    return 1.0 / (hits[0] + 1) if len(hits) else 0.0
-
-
-def compare(queries: Sequence[Query], reference: Sequence[np.ndarray], artifact: Sequence[np.ndarray]) -> dict[str, Any]:
-    """Every accuracy metric of DESIGN.md, artifact against reference."""
-    all_ref, all_art = np.concatenate(reference), np.concatenate(artifact)
-    delta = np.abs(all_ref - all_art)
-    per_query = [(r, a) for r, a in zip(reference, artifact) if len(r) >= 2]
-    metrics: dict[str, Any] = {
-        "pairs": int(len(all_ref)),
-        "queries": len(queries),
-        "max_abs_dp": float(delta.max()),
-        "mean_abs_dp": float(delta.mean()),
-        "spearman_mean": float(np.mean([spearman(r, a) for r, a in per_query])) if per_query else None,
-        "spearman_min": float(np.min([spearman(r, a) for r, a in per_query])) if per_query else None,
-        "kendall_mean": float(np.mean([kendall(r, a) for r, a in per_query])) if per_query else None,
-        "top1_agreement": float(np.mean([ranking(r)[0] == ranking(a)[0] for r, a in zip(reference, artifact)])),
-        "top10_agreement": float(
-            np.mean(
-                [
-                    len(set(ranking(r)[:10]) & set(ranking(a)[:10])) / min(10, len(r))
-                    for r, a in zip(reference, artifact)
-                ]
-            )
-        ),
-        "ndcg10_vs_reference": float(np.mean([ndcg_at(ranking(a), r) for r, a in zip(reference, artifact)])),
-    }
-    labelled = [(q, r, a) for q, r, a in zip(queries, reference, artifact) if all(x is not None for x in q.labels)]
-    if labelled:
-        out: dict[str, Any] = {"queries": len(labelled)}
-        for name, idx in (("reference", 1), ("artifact", 2)):
-            ndcg = [ndcg_at(ranking(t[idx]), 2.0 ** np.asarray(t[0].labels, dtype=float) - 1) for t in labelled]
-            mrr = [reciprocal_rank(ranking(t[idx]), np.asarray(t[0].labels, dtype=float)) for t in labelled]
-            out[name] = {"ndcg10": float(np.mean(ndcg)), "mrr": float(np.mean(mrr))}
-        out["ndcg10_drop_points"] = 100 * (out["reference"]["ndcg10"] - out["artifact"]["ndcg10"])
-        out["mrr_drop_points"] = 100 * (out["reference"]["mrr"] - out["artifact"]["mrr"])
-        metrics["labelled"] = out
-    return metrics
-
-
-# -- timing and memory -----------------------------------------------------------------------------------------
-
-
-def _timed_scores(
-    score: Callable[[Sequence[tuple[str, str]], str | None], Sequence[float]], queries: Sequence[Query]
-) -> tuple[list[np.ndarray], float]:
-    score([(queries[0].query, queries[0].documents[0])], queries[0].instruction)  # warm-up
-    start = time.perf_counter()
-    out = [np.asarray(score([(q.query, d) for d in q.documents], q.instruction), dtype=np.float64) for q in queries]
-    return out, time.perf_counter() - start
-
-
-def machine_info() -> dict[str, Any]:
-    import psutil
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "physical_cores": psutil.cpu_count(logical=False),
-        "logical_cores": os.cpu_count(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "platform": platform.platform(),
-    }
-
-
-# what the reference recipe's scores and timing depend on: the key of its cache
-REFERENCE_PACKAGES = ("qrr", "onnxruntime", "onnx", "torch", "transformers", "tokenizers", "numpy")
-
-
-def versions(names: tuple[str, ...] = (*REFERENCE_PACKAGES, "openvino", "nncf")) -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for name in names:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
-# -- the whole validation ----------------------------------------------------------------------------------------
+def score_queries(score: Scorer, queries: Sequence[Query]) -> tuple[list[np.ndarray], float]:
+    """Each query's scores, scored query by query after a one-pair warm-up; and the seconds it took."""
+    first = queries[0]
+    run = lambda: [np.asarray(score([(q.query, d) for d in q.documents], q.instruction), dtype=np.float64)  # noqa: E731
+                   for q in queries]
+    score([(first.query, first.documents[0])], first.instruction)  # warm-up
+    timing, scores = timed(run, sum(len(q.documents) for q in queries))
+    return scores, timing.best_s
 
 
 def validate_artifact(
@@ -234,12 +62,10 @@ def validate_artifact(
 
     Writes validation.json (and the summary into qrr.json) when `write`; raises ValidationError after
     writing when max |ΔP| exceeds `max_drop` (default: DEFAULT_MAX_DROP for the artifact's precision).
-    The artifact runs on `device`; the reference always runs on the CPU. With `use_cache`, the reference's scores and timing are kept in the user cache and reused while the
-    checkpoint's files, the data, max_length, threads and package versions are the same.
+    The artifact runs on `device`; the reference always runs on the CPU. With `use_cache`, the reference's
+    scores and timing are kept in the user cache and reused while the checkpoint's files, the data,
+    max_length, threads and package versions are the same.
     """
-    from .checkpoint import resolve
-    from .reference import ReferenceScorer
-
     artifact = Path(artifact)
     manifest = load_manifest(artifact)
     precision = manifest["precision"]
@@ -247,41 +73,20 @@ def validate_artifact(
         max_drop = DEFAULT_MAX_DROP.get(precision, DEFAULT_MAX_DROP["int8"])
     if not max_drop > 0:
         raise QrrError(f"max_drop must be a positive number, got {max_drop}")
-    queries = load_pairs(data)
+    queries = load_queries(data)
     pairs = sum(len(q.documents) for q in queries)
 
     log(f"scoring {pairs} pairs ({len(queries)} queries) with the artifact")
     with PeakRSS() as art_mem:
         rr = Reranker(artifact, device=device, threads=threads)
-        art_scores, art_time = _timed_scores(lambda p, i: rr.score_pairs(p, instruction=i), queries)
+        art_scores, art_time = score_queries(lambda p, i: rr.score_pairs(p, instruction=i), queries)
     max_length, used_threads = rr.max_length, rr.threads
     del rr
     gc.collect()
 
-    checkpoint = resolve(reference, manifest.get("source", {}).get("revision"))
-    cache = reference_cache_path(checkpoint.path, queries, max_length, used_threads) if use_cache else None
-    reused = cache is not None and cache.is_file()
-    if reused:
-        log(f"reusing the PyTorch reference's scores and timing from {cache}")
-        cached = json.loads(cache.read_text(encoding="utf-8"))
-        ref_scores = [np.asarray(s, dtype=np.float64) for s in cached["scores"]]
-        ref_time, ref_peak = cached["seconds"], cached["peak_rss_mib"]
-    else:
-        log("scoring the same pairs with the PyTorch reference (model card recipe, fp32)")
-        import torch
-
-        torch.set_num_threads(used_threads)
-        with PeakRSS() as ref_mem:
-            ref = ReferenceScorer(checkpoint, max_length=max_length)
-            ref_scores, ref_time = _timed_scores(ref.score_pairs, queries)
-        ref_peak = ref_mem.peak_mib
-        del ref
-        gc.collect()
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            scores = [s.tolist() for s in ref_scores]
-            write_json(cache, {"scores": scores, "seconds": ref_time, "peak_rss_mib": ref_peak, "versions": versions()})
-
+    ref_scores, ref_time, ref_peak, reused = reference_scores(
+        reference, manifest.get("source", {}).get("revision"), queries, max_length, used_threads, use_cache, log
+    )
     metrics = compare(queries, ref_scores, art_scores)
     report = {
         "artifact": str(artifact),
@@ -328,6 +133,42 @@ def validate_artifact(
     return report
 
 
+def reference_scores(
+    reference: str,
+    revision: str | None,
+    queries: Sequence[Query],
+    max_length: int,
+    threads: int,
+    use_cache: bool,
+    log: Callable[[str], None],
+) -> tuple[list[np.ndarray], float, float, bool]:
+    """The recipe's scores per query, its seconds and peak RSS (MiB), and whether they came from the cache."""
+    from .checkpoint import resolve
+
+    checkpoint = resolve(reference, revision)
+    cache = reference_cache_path(checkpoint.path, queries, max_length, threads) if use_cache else None
+    if cache is not None and cache.is_file():
+        log(f"reusing the PyTorch reference's scores and timing from {cache}")
+        cached = json.loads(cache.read_text(encoding="utf-8"))
+        return [np.asarray(s, dtype=np.float64) for s in cached["scores"]], cached["seconds"], cached["peak_rss_mib"], True
+    log("scoring the same pairs with the PyTorch reference (model card recipe, fp32)")
+    import torch
+
+    from .reference import ReferenceScorer
+
+    torch.set_num_threads(threads)
+    with PeakRSS() as mem:
+        ref = ReferenceScorer(checkpoint, max_length=max_length)
+        scores, seconds = score_queries(ref.score_pairs, queries)
+    del ref
+    gc.collect()
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_json(cache, {"scores": [s.tolist() for s in scores], "seconds": seconds, "peak_rss_mib": mem.peak_mib,
+                           "versions": versions()})
+    return scores, seconds, mem.peak_mib, False
+
+
 def reference_cache_path(checkpoint: Path, queries: Sequence[Query], max_length: int, threads: int) -> Path:
     """A cache file named by everything the reference's scores and timing depend on."""
     h = hashlib.sha256()
@@ -336,7 +177,7 @@ def reference_cache_path(checkpoint: Path, queries: Sequence[Query], max_length:
             st = f.stat()
             h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     h.update(json.dumps([[q.query, q.instruction, q.documents] for q in queries], ensure_ascii=False).encode())
-    h.update(json.dumps([max_length, threads, versions(REFERENCE_PACKAGES), machine_info()["cpu"]]).encode())
+    h.update(json.dumps([max_length, threads, versions(REFERENCE_PACKAGES), cpu_name()]).encode())
     root = Path(os.environ.get("QRR_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qrr")
     return root / "reference" / f"{h.hexdigest()[:32]}.json"
 
@@ -347,55 +188,3 @@ def _speed(seconds: float, pairs: int, peak_mib: float) -> dict[str, float]:
         "pairs_per_s": pairs / seconds if seconds > 0 else float("inf"),
         "peak_rss_mib": round(peak_mib, 1),
     }
-
-
-def summary(report: dict[str, Any]) -> dict[str, Any]:
-    m = report["metrics"]
-    return {
-        "passed": report["passed"],
-        "max_drop": report["max_drop"],
-        "data": report["data"],
-        "max_abs_dp": m["max_abs_dp"],
-        "mean_abs_dp": m["mean_abs_dp"],
-        "spearman_mean": m["spearman_mean"],
-        "top1_agreement": m["top1_agreement"],
-        "ms_per_pair": report["latency"]["artifact"]["ms_per_pair"],
-        "reference_ms_per_pair": report["latency"]["reference"]["ms_per_pair"],
-    }
-
-
-def format_report(report: dict[str, Any]) -> str:
-    """The report as a few aligned lines for a terminal."""
-    m, lat = report["metrics"], report["latency"]
-    lines = [
-        f"validation of {report['artifact']} ({report['precision']}) against {report['reference']['source']}",
-        f"  data                 {report['data']}: {m['pairs']} pairs, {m['queries']} queries",
-        f"  max |ΔP|             {m['max_abs_dp']:.3g}   (allowed {report['max_drop']:g}: "
-        f"{'pass' if report['passed'] else 'FAIL'})",
-        f"  mean |ΔP|            {m['mean_abs_dp']:.3g}",
-        f"  Spearman mean / min  {_num(m['spearman_mean'])} / {_num(m['spearman_min'])}   Kendall mean {_num(m['kendall_mean'])}",
-        f"  top-1 / top-10 agr.  {m['top1_agreement']:.1%} / {m['top10_agreement']:.1%}",
-        f"  NDCG@10 vs reference {m['ndcg10_vs_reference']:.4f}",
-    ]
-    if "labelled" in m:
-        lab = m["labelled"]
-        lines.append(
-            f"  labels: NDCG@10      reference {lab['reference']['ndcg10']:.4f}  artifact {lab['artifact']['ndcg10']:.4f}"
-            f"  (drop {lab['ndcg10_drop_points']:+.2f} points)"
-        )
-        lines.append(
-            f"  labels: MRR          reference {lab['reference']['mrr']:.4f}  artifact {lab['artifact']['mrr']:.4f}"
-            f"  (drop {lab['mrr_drop_points']:+.2f} points)"
-        )
-    for name in ("artifact", "reference"):
-        s = lat[name]
-        lines.append(
-            f"  {name:<9} speed      {s['ms_per_pair']:.2f} ms/pair, {s['pairs_per_s']:.1f} pairs/s, "
-            f"peak RSS {s['peak_rss_mib']:.0f} MiB"
-        )
-    lines.append(f"  speed-up             {lat['speedup']:.2f}x on {lat['threads']} threads")
-    return "\n".join(lines)
-
-
-def _num(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4f}"

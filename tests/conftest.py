@@ -52,6 +52,7 @@ def outlier_standin(tmp_path_factory) -> Path:
 
 
 def _export(tmp_path_factory, standin: Path, quant: str) -> Path:
+    """The stand-in exported to ONNX at `quant`, without validation."""
     from qrr.export import export_onnx
     from qrr.export.progress import Progress
 
@@ -62,7 +63,7 @@ def _export(tmp_path_factory, standin: Path, quant: str) -> Path:
 
 @pytest.fixture(scope="session")
 def fp32_artifact(tmp_path_factory, standin) -> Path:
-    return _export(tmp_path_factory, standin, "none")
+    return _export(tmp_path_factory, standin, "fp32")
 
 
 @pytest.fixture(scope="session")

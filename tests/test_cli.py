@@ -81,6 +81,7 @@ def test_export_parser_refuses_unknown_values(argv, capsys):
     assert "usage: qrr-export" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_export_and_validate_commands(standin, tmp_path, capsys):
     out = tmp_path / "art"
     assert export_main([str(standin), "-o", str(out), "--quant", "int8"]) == 0
@@ -94,6 +95,7 @@ def test_export_and_validate_commands(standin, tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_validation_gate_exit_code(standin, fp32_artifact, tmp_path, capsys):
     import shutil
 
@@ -126,3 +128,65 @@ def test_bench_rejects_bad_data(fp32_artifact, tmp_path, capsys):
     data.write_text('{"question": "x"}\n')
     assert main(["bench", str(fp32_artifact), "--data", str(data)]) == 2
     assert "expected" in capsys.readouterr().err
+
+
+def test_score_digits_tell_different_scores_apart():
+    from qrr.cli.main import score_digits
+
+    assert score_digits([0.5, 0.25]) == 5
+    assert score_digits([0.12345671, 0.12345674]) == 8
+    assert score_digits([0.3, 0.3]) == 5  # equal scores need no more digits
+
+
+@pytest.mark.slow
+def test_standin_command(tmp_path, capsys):
+    pytest.importorskip("torch")
+    out = tmp_path / "standin"
+    assert main(["standin", "-o", str(out), "--shape", "tiny", "--train-steps", "2", "--seed", "4"]) == 0
+    assert "trained 2 steps" in capsys.readouterr().err
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "qwen3" and config["num_hidden_layers"] == 2
+    assert json.loads((out / "qrr-standin.json").read_text())["train_steps"] == 2
+    assert main(["standin", "-o", str(out)]) == 2  # not empty
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_serve_command_starts_and_answers(fp32_artifact):
+    pytest.importorskip("uvicorn")
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = "import sys; from qrr.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, "serve", str(fp32_artifact), "--port", str(port), "--threads", "1"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    assert json.loads(r.read()) == {"status": "ok"}
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.monotonic() < deadline, "qrr serve did not answer /health within 60 s"
+                time.sleep(0.2)
+        body = json.dumps({"query": QUERY, "documents": ["The capital of China is Beijing.", "Gravity."]}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/rerank", body, {"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            results = json.loads(r.read())["results"]
+        expected = Reranker(fp32_artifact).score(QUERY, ["The capital of China is Beijing.", "Gravity."])
+        assert {x["index"]: x["relevance_score"] for x in results} == pytest.approx(dict(enumerate(expected)), abs=1e-6)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_serve_command_refuses_a_missing_artifact(capsys):
+    assert main(["serve", "/no/such/artifact"]) == 2
+    assert "artifact folder not found" in capsys.readouterr().err

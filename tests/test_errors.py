@@ -129,3 +129,13 @@ def test_missing_provider_names_the_install(fp32_artifact):
     with pytest.raises(DeviceError) as e:
         Reranker(fp32_artifact, device="cuda:0")
     assert "onnxruntime-gpu" in one_line(e) and "CPUExecutionProvider" in one_line(e)
+
+
+def test_older_manifest_version(artifact_copy):
+    path = artifact_copy / "qrr.json"
+    manifest = json.loads(path.read_text())
+    manifest["format_version"] = FORMAT_VERSION - 1
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError) as e:
+        Reranker(artifact_copy)
+    assert "older qrr" in one_line(e) and "re-export" in one_line(e)

@@ -16,7 +16,9 @@ import onnx  # noqa: E402
 from qrr.export import CheckpointError, ValidationError, export_onnx, validate_artifact  # noqa: E402
 from qrr.export import checkpoint as ckpt  # noqa: E402
 from qrr.export.progress import Progress  # noqa: E402
-from qrr.runtime import load_manifest  # noqa: E402
+from qrr.runtime import InputError, QrrError, load_manifest  # noqa: E402
+
+pytestmark = pytest.mark.slow
 
 QUIET = Progress(enabled=False)
 
@@ -99,25 +101,29 @@ def test_missing_source_and_bad_output(tmp_path, standin):
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "x").write_text("x")
-    with pytest.raises(Exception, match="not empty"):
+    with pytest.raises(QrrError, match="not empty"):
         export_onnx(str(standin), busy, progress=QUIET)
-    with pytest.raises(Exception, match="unknown quant"):
+    with pytest.raises(QrrError, match="unknown quant"):
         export_onnx(str(standin), tmp_path / "q", quant="int3", progress=QUIET)
 
 
-def test_hub_id_is_downloaded_with_the_hub_client(monkeypatch, standin):
+def test_hub_id_is_downloaded_with_the_hub_client(monkeypatch, standin, tmp_path):
     calls = []
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = tmp_path / "models--Qwen--Qwen3-Reranker-0.6B" / "snapshots" / commit  # the hub cache's layout
+    shutil.copytree(standin, snapshot)
 
     def fake_snapshot_download(repo_id, revision=None, allow_patterns=None):
         calls.append((repo_id, revision, allow_patterns))
-        return str(standin)
+        return str(snapshot)
 
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     found = ckpt.resolve("Qwen/Qwen3-Reranker-0.6B", "main")
     assert calls == [("Qwen/Qwen3-Reranker-0.6B", "main", ckpt.HUB_FILES)]
-    assert found.path == standin and found.revision == "main" and found.config["model_type"] == "qwen3"
+    # the manifest records the commit the branch resolved to, not the branch name typed
+    assert found.path == snapshot and found.revision == commit and found.config["model_type"] == "qwen3"
 
 
 def test_hub_failure_is_one_clear_line(monkeypatch):
@@ -173,7 +179,7 @@ def test_export_with_validation_and_user_data(tmp_path, standin):
 def test_bad_evaluation_data(tmp_path, fp32_artifact, standin):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": "q", "document": "d"}\n{"query": "q"}\n')
-    with pytest.raises(Exception, match="line 2: needs string fields"):
+    with pytest.raises(InputError, match="line 2: needs string fields"):
         validate_artifact(fp32_artifact, str(standin), data=bad, write=False)
 
 

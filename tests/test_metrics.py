@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
 
-from conftest import needs_export
+pytest.importorskip("scipy")
 
-needs_export()
-
-from qrr.export.validate import compare, kendall, ndcg_at, ranking, reciprocal_rank, spearman, Query  # noqa: E402
+from qrr.export.metrics import compare, kendall, ndcg_at, ranking, reciprocal_rank, spearman  # noqa: E402
+from qrr.runtime.pairs import Query  # noqa: E402
 
 
 def test_rank_correlations():
@@ -15,6 +14,10 @@ def test_rank_correlations():
     assert kendall(a, np.array([0.1, 0.3, 0.4, 0.9])) == pytest.approx(4 / 6)
     # scipy.stats.spearmanr([1,2,2,3],[1,3,2,4]) with ties: 0.9486832980505138
     assert spearman(np.array([1, 2, 2, 3.0]), np.array([1, 3, 2, 4.0])) == pytest.approx(0.9486832980505138)
+    # a constant side: both constant agree fully, one constant carries no ranking (scipy alone gives NaN)
+    flat = np.array([0.5, 0.5, 0.5])
+    assert spearman(flat, flat) == kendall(flat, flat) == 1.0
+    assert spearman(flat, np.array([0.1, 0.2, 0.3])) == kendall(flat, np.array([0.1, 0.2, 0.3])) == 0.0
 
 
 def test_ndcg_and_mrr():

@@ -12,13 +12,15 @@ needs_export()
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
-from qrr.export import export_onnx, validate_artifact  # noqa: E402
+from qrr.cli.main import export_main  # noqa: E402
+from qrr.export import export_openvino, validate_artifact  # noqa: E402
 from qrr.export.progress import Progress  # noqa: E402
 from qrr.runtime import Reranker, load_manifest  # noqa: E402
 from qrr.runtime.errors import ArtifactError, DeviceError, InputError, QrrError  # noqa: E402
 from qrr.runtime.openvino import parse_openvino_device  # noqa: E402
 
 QUIET = Progress(enabled=False)
+pytestmark = pytest.mark.slow
 TARGETS = {  # the quantization issue's targets, as for ONNX (tests/test_quant.py)
     "int8": {"max_abs_dp": 0.02, "spearman_mean": 0.99, "top1_agreement": 0.95},
     "int4": {"spearman_mean": 0.97, "top1_agreement": 0.90},
@@ -26,13 +28,13 @@ TARGETS = {  # the quantization issue's targets, as for ONNX (tests/test_quant.p
 
 
 def _export(folder, checkpoint, quant):
-    export_onnx(str(checkpoint), folder, format="openvino", quant=quant, validate=False, progress=QUIET)
+    export_openvino(str(checkpoint), folder, quant=quant, validate=False, progress=QUIET)
     return folder
 
 
 @pytest.fixture(scope="module")
 def ov_fp32(tmp_path_factory, standin):
-    return _export(tmp_path_factory.mktemp("ov") / "fp32", standin, "none")
+    return _export(tmp_path_factory.mktemp("ov") / "fp32", standin, "fp32")
 
 
 def test_manifest_and_files(ov_fp32):
@@ -80,13 +82,23 @@ def test_quantized_meet_the_targets_on_the_outlier_checkpoint(outlier_standin, t
     assert size < 0.45 * (2 * 2**20), "compressed weights should be well under the fp32 size"
 
 
-def test_options_that_are_onnx_only(standin, tmp_path):
+def test_options_that_are_onnx_only(standin, tmp_path, capsys):
     with pytest.raises(QrrError, match="ONNX option"):
-        export_onnx(str(standin), tmp_path / "a", format="openvino", quant="fp16", progress=QUIET)
-    with pytest.raises(QrrError, match="accuracy_level"):
-        export_onnx(str(standin), tmp_path / "b", format="openvino", quant="int8", accuracy_level=4, progress=QUIET)
-    with pytest.raises(QrrError, match="unknown format"):
-        export_onnx(str(standin), tmp_path / "c", format="tflite", progress=QUIET)
+        export_openvino(str(standin), tmp_path / "a", quant="fp16", progress=QUIET)
+    assert export_main([str(standin), "-o", str(tmp_path / "b"), "--format", "openvino", "--quant", "int8",
+                        "--accuracy-level", "4"]) == 2
+    assert "accuracy-level" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        export_main([str(standin), "-o", str(tmp_path / "c"), "--format", "tflite"])
+    assert not any(tmp_path.iterdir())
+
+
+def test_export_command_makes_an_openvino_artifact(standin, tmp_path, capsys):
+    out = tmp_path / "ov"
+    assert export_main([str(standin), "-o", str(out), "--format", "openvino", "--quant", "none", "-q"]) == 0
+    m = load_manifest(out)
+    assert m["format"] == "openvino" and m["precision"] == "fp32" and m["validation"]["passed"]
+    assert Reranker(out).score(QUERY, DOCS[:2])
 
 
 def test_device_names():

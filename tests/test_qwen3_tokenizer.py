@@ -15,7 +15,7 @@ if not QWEN3_TOKENIZER:
 needs_export()
 
 from qrr.export.reference import RecipeTokenizer  # noqa: E402
-from qrr.export.validate import load_pairs  # noqa: E402
+from qrr.runtime.pairs import load_queries  # noqa: E402
 from qrr.runtime.prompt import PREFIX, SUFFIX, TEMPLATE, PromptTokenizer  # noqa: E402
 
 FOLDER = Path(QWEN3_TOKENIZER)
@@ -41,7 +41,7 @@ def test_yes_no_ids(hf):
 
 @pytest.mark.parametrize("max_length", [8192, 120])
 def test_runtime_ids_equal_the_recipe(hf, max_length):
-    queries = load_pairs()
+    queries = load_queries()
     pairs = [(QUERY, d) for d in DOCS] + [(q.query, d) for q in queries for d in q.documents]
     ours = PromptTokenizer(FOLDER / "tokenizer.json", max_length=max_length)
     texts = [ours.pair_text(q, d) for q, d in pairs]

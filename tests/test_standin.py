@@ -12,6 +12,8 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 
 from qrr.export.standin import make_standin  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 
 def test_outliers_preserve_the_function_and_create_outliers(tmp_path):
     plain = make_standin(tmp_path / "plain", seed=3, init_std=0.2)
@@ -29,11 +31,6 @@ def test_outliers_preserve_the_function_and_create_outliers(tmp_path):
     hook.remove()
     magnitude = seen["x"].abs().amax(dim=(0, 1))
     assert magnitude.max() / magnitude.median() > 30
-
-
-@pytest.fixture(scope="module")
-def outlier_standin(tmp_path_factory):
-    return make_standin(tmp_path_factory.mktemp("outliers") / "ckpt", seed=5, outliers=100.0, train_steps=40)
 
 
 # int8 and int4 against the quantization targets on an outlier checkpoint: tests/test_quant.py

@@ -1,0 +1,178 @@
+"""The steps every export format shares: resolve and load, calibrate and fold scales, write the artifact, validate.
+
+export_onnx (to_onnx.py) and export_openvino (to_openvino.py) are these steps around their own conversion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qrr.runtime.errors import QrrError
+from qrr.runtime.manifest import FORMAT_VERSION, MANIFEST_NAME, file_sizes, qrr_version, write_json
+from qrr.runtime.pairs import load_queries
+from qrr.runtime.prompt import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, TEMPLATE, pair_text
+
+from .checkpoint import Checkpoint, load_model, load_tokenizer, resolve, yes_no_ids
+from .graph import INPUT_NAMES, OUTPUT_NAMES
+from .presets import CALIBRATION_PAIRS, Preset
+from .progress import Progress
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@dataclass
+class Source:
+    """A resolved checkpoint with its tokenizer and the ids of the two answer tokens."""
+
+    checkpoint: Checkpoint
+    tokenizer: Any  # transformers' fast tokenizer
+    yes_id: int
+    no_id: int
+
+
+def check_options(out_dir: str | Path, max_length: object) -> Path:
+    """Refuse an output folder that holds anything and a max_length the graph cannot use."""
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 16:
+        raise QrrError(f"max_length must be an integer of at least 16, got {max_length!r}")
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise QrrError(f"output folder {out} exists and is not empty; choose a new folder or remove it")
+    return out
+
+
+def open_source(source: str, revision: str | None, progress: Progress) -> Source:
+    with progress.step(f"resolving {source}"):
+        checkpoint = resolve(source, revision)
+        tokenizer = load_tokenizer(checkpoint)
+        yes_id, no_id = yes_no_ids(tokenizer, source)
+    return Source(checkpoint, tokenizer, yes_id, no_id)
+
+
+def load_folded(
+    src: Source, preset: Preset | None, calibration: str | Path | None, max_length: int, progress: Progress
+) -> tuple[Any, dict[str, Any] | None]:
+    """The checkpoint in fp32, with the preset's activation-aware scales folded in; and what was folded."""
+    with progress.step("loading the checkpoint in fp32"):
+        model = load_model(src.checkpoint, attn_implementation="eager")
+    if preset is None or not preset.scaling:
+        return model, None
+    with progress.step(f"calibrating {preset.method} scales"):
+        return model, fold_scales(model, src.tokenizer, preset, calibration, max_length)
+
+
+def fold_scales(model, tokenizer, preset: Preset, calibration: str | Path | None, max_length: int) -> dict[str, Any]:
+    """Fold activation-aware scales into the torch model, from the calibration pairs' activations."""
+    from qrr.quant import smooth
+
+    from .reference import RecipeTokenizer
+
+    pairs = [(q, d) for q in load_queries(calibration) for d in q.documents]
+    random.Random(0).shuffle(pairs)
+    pairs = pairs[:CALIBRATION_PAIRS]
+    recipe = RecipeTokenizer(tokenizer, max_length)
+    batches = []
+    for start in range(0, len(pairs), 8):
+        inputs = recipe.process_inputs([pair_text(q.query, d, q.instruction) for q, d in pairs[start : start + 8]])
+        batches.append({"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]})
+    stats = smooth.collect_stats(model, batches)
+    if preset.method == "smoothquant":
+        info = smooth.smoothquant(model, stats)
+    else:
+        info = smooth.awq(model, stats, bits=preset.bits, block=preset.block_size, symmetric=preset.symmetric)
+    info["calibration"] = {"data": "built-in" if calibration is None else str(calibration), "pairs": len(pairs)}
+    return info
+
+
+@contextlib.contextmanager
+def artifact_folder(out: Path) -> Iterator[Path]:
+    """Create `out`; remove it again if the export fails or is interrupted before the manifest is written."""
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        yield out
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def write_artifact(
+    out: Path,
+    src: Source,
+    *,
+    format: str,
+    precision: str,
+    scheme: dict[str, Any] | None,
+    max_length: int,
+    model_files: list[str],
+    backend: dict[str, Any],
+) -> dict[str, Any]:
+    """Save the tokenizer and the manifest beside the model files; returns the manifest.
+
+    `model_files` starts with the graph file; `backend` holds the format's own manifest fields.
+    """
+    src.tokenizer.backend_tokenizer.save(str(out / TOKENIZER_FILE))
+    cfg = src.checkpoint.config
+    tok = src.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "qrr_version": qrr_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "format": format,
+        "precision": precision,
+        "quantization": scheme,
+        "model_file": model_files[0],
+        "tokenizer_file": TOKENIZER_FILE,
+        **backend,
+        "inputs": list(INPUT_NAMES),
+        "outputs": list(OUTPUT_NAMES),
+        "padding": "right",
+        "score": "P(yes) = sigmoid(score_logit), score_logit = h_last · (W[yes] − W[no]) in fp32",
+        "yes_token_id": src.yes_id,
+        "no_token_id": src.no_id,
+        "pad_token_id": int(pad if pad is not None else 0),
+        "prompt": {"prefix": PREFIX, "suffix": SUFFIX, "template": TEMPLATE, "default_instruction": DEFAULT_INSTRUCTION},
+        "max_length": max_length,
+        "source": {
+            "checkpoint": src.checkpoint.source,
+            "revision": src.checkpoint.revision,
+            "model_type": cfg.get("model_type"),
+            "hidden_size": cfg.get("hidden_size"),
+            "num_hidden_layers": cfg.get("num_hidden_layers"),
+            "vocab_size": cfg.get("vocab_size"),
+        },
+        "files": file_sizes(out, [*model_files, TOKENIZER_FILE]),
+        "validation": None,
+    }
+    write_json(out / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def finish(
+    out: Path,
+    manifest: dict[str, Any],
+    src: Source,
+    *,
+    validate: bool,
+    data: str | Path | None,
+    max_drop: float | None,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Report the artifact's size, validate it against the reference when asked; returns the manifest."""
+    progress.log(f"artifact written to {out} ({sum(manifest['files'].values()) / 2**20:.1f} MiB)")
+    if validate:
+        from .report import format_report, summary
+        from .validate import validate_artifact
+
+        with progress.step("validating against the PyTorch reference"):
+            report = validate_artifact(out, src.checkpoint.source, data=data, max_drop=max_drop, log=progress.log)
+        progress.log(format_report(report))
+        manifest["validation"] = summary(report)
+    progress.log(f"total {progress.total():.1f} s")
+    return manifest

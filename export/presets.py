@@ -1,0 +1,85 @@
+"""What an export can be asked for: formats, precisions, quantization presets and validation gates.
+
+Plain constants and one frozen dataclass, no torch: the CLI builds its choices from here, so `qrr --help`
+and `qrr rerank` stay as light as the runtime.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from qrr.runtime.errors import QrrError
+
+FORMATS = ("onnx", "openvino")
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+ALIASES = {"none": "fp32"}  # the word older qrr versions used for full precision
+OPENVINO_PRECISIONS = ("fp32", "int8", "int4")
+METHODS = ("smoothquant", "awq", "rtn", "hqq")
+SCALING_METHODS = ("smoothquant", "awq")  # fold activation-aware scales, from calibration pairs
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+ACCURACY_LEVELS = (0, 4)  # onnxruntime MatMulNBits: 0 float activations, 4 int8 activations (VNNI)
+CALIBRATION_PAIRS = 64
+# Largest allowed |ΔP(yes)| of any evaluation pair against the reference, per precision (README, "Validation").
+DEFAULT_MAX_DROP = {"fp32": 1e-3, "fp16": 0.01, "int8": 0.03, "int4": 0.1}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How the linear layers and the embedding of one precision are quantized (README, "Quantization")."""
+
+    bits: int
+    block_size: int
+    symmetric: bool
+    accuracy_level: int
+    embedding_bits: int
+    method: str
+
+    def with_overrides(
+        self, *, method: str | None = None, block_size: int | None = None, accuracy_level: int | None = None
+    ) -> Preset:
+        """This preset with the user's overrides, each checked against its choices."""
+        for name, value, choices in (("method", method, METHODS), ("block size", block_size, BLOCK_SIZES),
+                                     ("accuracy level", accuracy_level, ACCURACY_LEVELS)):
+            if value is not None and value not in choices:
+                raise QrrError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, choices))}")
+        changes = {"method": method, "block_size": block_size, "accuracy_level": accuracy_level}
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @property
+    def scaling(self) -> bool:
+        """Whether the method folds activation-aware scales (and so reads calibration pairs)."""
+        return self.method in SCALING_METHODS
+
+
+PRESETS = {
+    "int8": Preset(bits=8, block_size=32, symmetric=True, accuracy_level=4, embedding_bits=8, method="smoothquant"),
+    "int4": Preset(bits=4, block_size=32, symmetric=False, accuracy_level=4, embedding_bits=4, method="awq"),
+}
+
+
+def precision_of(quant: str) -> str:
+    """The precision a `--quant` value names ('none' is 'fp32'); unknown values are refused."""
+    precision = ALIASES.get(quant, quant)
+    if precision not in PRECISIONS:
+        raise QrrError(f"unknown quant {quant!r}; choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def preset_for(
+    precision: str,
+    *,
+    method: str | None = None,
+    block_size: int | None = None,
+    accuracy_level: int | None = None,
+    calibration: object = None,
+) -> Preset | None:
+    """The quantization preset of `precision` with overrides; None for fp32/fp16, which take none."""
+    if precision not in PRESETS:
+        if method is not None or block_size is not None or accuracy_level is not None or calibration is not None:
+            raise QrrError(f"method, block size, accuracy level and calibration apply to int8 and int4, not {precision}")
+        return None
+    preset = PRESETS[precision].with_overrides(method=method, block_size=block_size, accuracy_level=accuracy_level)
+    if calibration is not None and not preset.scaling:
+        raise QrrError(f"calibration pairs feed awq and smoothquant; method {preset.method} uses none")
+    return preset

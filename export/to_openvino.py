@@ -1,0 +1,94 @@
+"""export_openvino: checkpoint → the same scoring graph as OpenVINO IR (fp32, int8 or int4) → validated artifact.
+
+The graph is traced to ONNX exactly as for export_onnx, then converted with `ov.convert_model`; int8 and int4
+compress its weights with NNCF (qrr.quant.openvino) after the same activation-aware scales were folded in.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from qrr.runtime.errors import QrrError
+from qrr.runtime.openvino import DEFAULT_PROPERTIES
+from qrr.runtime.prompt import DEFAULT_MAX_LENGTH
+
+from .graph import trace
+from .pipeline import artifact_folder, check_options, finish, load_folded, open_source, write_artifact
+from .presets import OPENVINO_PRECISIONS, precision_of, preset_for
+from .progress import Progress
+
+MODEL_FILE = "model.xml"
+WEIGHTS_FILE = "model.bin"
+EXTRA = "pip install -e '.[openvino,export]' in the qrr clone (or pip install openvino nncf)"
+
+
+def export_openvino(
+    source: str,
+    out_dir: str | Path,
+    *,
+    quant: str = "fp32",
+    max_length: int = DEFAULT_MAX_LENGTH,
+    validate: bool = True,
+    max_drop: float | None = None,
+    data: str | Path | None = None,
+    revision: str | None = None,
+    method: str | None = None,
+    block_size: int | None = None,
+    calibration: str | Path | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Export `source` into the OpenVINO artifact folder `out_dir`; the arguments are export_onnx's.
+
+    `quant` is fp32, int8 (NNCF per output channel) or int4 (NNCF groups of `block_size`); the CPU
+    properties that change numbers are fixed in the manifest (openvino_properties).
+    """
+    progress = progress or Progress()
+    precision = precision_of(quant)
+    if precision not in OPENVINO_PRECISIONS:
+        raise QrrError(f"--quant {quant} is an ONNX option; OpenVINO artifacts take {', '.join(OPENVINO_PRECISIONS)}")
+    preset = preset_for(precision, method=method, block_size=block_size, calibration=calibration)
+    missing = [name for name in ("openvino", "nncf") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise QrrError(f"--format openvino needs {' and '.join(missing)}: {EXTRA}")
+    out = check_options(out_dir, max_length)
+    src = open_source(source, revision, progress)
+    with artifact_folder(out):
+        with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
+            traced = Path(tmp) / "model.onnx"
+            model, smoothing = load_folded(src, preset, calibration, max_length, progress)
+            with progress.step("tracing the scoring graph to ONNX (fp32 body)"):
+                trace(model, src.yes_id, src.no_id, traced)
+            del model
+            gc.collect()
+            scheme = None
+            with progress.step("converting to OpenVINO IR" + (f" and compressing to {precision}" if preset else "")):
+                import openvino as ov
+
+                graph = ov.convert_model(str(traced))
+                if preset is not None:
+                    from qrr.quant.openvino import compress_weights
+
+                    graph, scheme = compress_weights(graph, bits=preset.bits, group_size=preset.block_size)
+                    scheme.update(method=preset.method, smoothing=smoothing)
+                ov.save_model(graph, str(out / MODEL_FILE), compress_to_fp16=False)
+        backend = {"openvino": {"properties": openvino_properties(precision)}}
+        manifest = write_artifact(out, src, format="openvino", precision=precision, scheme=scheme,
+                                  max_length=max_length, model_files=[MODEL_FILE, WEIGHTS_FILE], backend=backend)
+    return finish(out, manifest, src, validate=validate, data=data, max_drop=max_drop, progress=progress)
+
+
+def openvino_properties(precision: str) -> dict[str, str]:
+    """The CPU plugin's properties that change numbers, fixed per artifact (runtime/openvino.py).
+
+    Always f32 compute (the plugin's bf16 default moves P(yes) visibly) and an f32 KV cache. Compressed
+    weights also get int8 activations per token in groups of 32, which the SmoothQuant / AWQ folding makes
+    safe and which is much faster (README, "Quantization").
+    """
+    properties = dict(DEFAULT_PROPERTIES)
+    if precision in ("int8", "int4"):
+        properties["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = "32"
+    return properties
