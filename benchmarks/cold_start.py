@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from results_io import save
+from common import save
 
 CHILD = r"""
 import json, sys, time, psutil

@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from results_io import save
+from common import save
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,11 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     import httpx
     import uvicorn
 
-    from qrr.export.validate import load_pairs, machine_info, versions
+    from qrr.runtime.pairs import load_queries
     from qrr.runtime import Reranker
     from qrr.server import ServerConfig, create_app
 
-    queries = load_pairs()
+    queries = load_queries()
     rr = Reranker(args.artifact, threads=args.threads)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         server.should_exit = True
         thread.join(timeout=30)
     result = {"artifact": str(args.artifact), "precision": rr.manifest["precision"], "docs_per_request": args.docs,
-              "threads": rr.threads, "rows": rows, "machine": machine_info(), "versions": versions()}
+              "threads": rr.threads, "rows": rows}
     save(args.out, "load_test", result, ["clients", "pairs/s", "p50 ms", "p95 ms", "p99 ms"],
          [[str(r["clients"]), f"{r['pairs_per_s']:.1f}", f"{r['p50_ms']:.0f}", f"{r['p95_ms']:.0f}", f"{r['p99_ms']:.0f}"]
           for r in rows])

@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from common import ensure_artifact, ensure_standin
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -27,9 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("out/report"))
     args = parser.parse_args(argv)
 
-    from qrr.export import export_onnx, validate_artifact
+    from qrr.export import validate_artifact
     from qrr.export.progress import Progress
-    from qrr.export.standin import make_standin
 
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -41,13 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             name = f"{args.shape}-o{outliers:g}" + (f"-t{args.train_steps}" if args.train_steps else "")
             ckpt = args.out / f"standin-{name}"
-        if not (ckpt / "config.json").is_file():
-            make_standin(ckpt, shape=args.shape, tokenizer=args.tokenizer, outliers=outliers, train_steps=args.train_steps)
+        ensure_standin(ckpt, shape=args.shape, tokenizer=args.tokenizer, outliers=outliers, train_steps=args.train_steps)
         for precision in args.precisions:
-            art = args.out / f"{name}-{precision}"
-            if not (art / "qrr.json").is_file():
-                export_onnx(str(ckpt), art, quant={"fp32": "none"}.get(precision, precision), validate=False,
-                            progress=Progress())
+            art = ensure_artifact(ckpt, args.out / f"{name}-{precision}", precision=precision)
             report = validate_artifact(art, str(ckpt), data=args.data, max_drop=1.0, log=Progress().log)
             manifest = json.loads((art / "qrr.json").read_text())
             results.append({"checkpoint": name, "outliers": outliers, "precision": precision,

@@ -12,6 +12,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from common import ensure_standin
+
 # ("int8", "dynamic", 0, 0): onnxruntime's quantize_dynamic, per-channel int8 weights and per-tensor dynamic
 # int8 activations (MatMulInteger) — what a plain `optimum-cli`/onnxruntime int8 export gives; measured here only.
 VARIANTS = [
@@ -30,14 +32,13 @@ def dynamic_int8(ckpt: Path, art: Path) -> None:
     from qrr.export.progress import Progress
     from qrr.runtime.manifest import file_sizes
 
-    export_onnx(str(ckpt), art, quant="none", validate=False, progress=Progress(enabled=False))
+    export_onnx(str(ckpt), art, quant="fp32", validate=False, progress=Progress(enabled=False))
     import onnx
 
     tmp = art / "dynamic.onnx"
-    graph = onnx.load(str(art / "model.onnx"), load_external_data=False).graph
-    head = [n.name for n in graph.node if n.op_type == "MatMul" and "direction" in n.input]  # keep the head fp32
+    # the score head is Mul + ReduceSum, which quantize_dynamic leaves in fp32
     quantize_dynamic(art / "model.onnx", tmp, weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul"], nodes_to_exclude=head, use_external_data_format=True)
+                     op_types_to_quantize=["MatMul"], use_external_data_format=True)
     for name in ("model.onnx", "model.onnx.data"):
         (art / name).unlink()
     from qrr.quant import save_model
@@ -65,7 +66,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from qrr.export import export_onnx, validate_artifact
     from qrr.export.progress import Progress
-    from qrr.export.standin import make_standin
 
     variants = VARIANTS
     if args.only:
@@ -74,10 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for outliers in args.outliers:
         ckpt = args.out / f"standin-{args.shape}-outliers{outliers:g}"
-        if not (ckpt / "config.json").is_file():
-            make_standin(ckpt, shape=args.shape, tokenizer=args.tokenizer, outliers=outliers,
-                         train_steps=args.train_steps)
-        for quant, method, block, level in [("none", None, None, None), *variants]:
+        ensure_standin(ckpt, shape=args.shape, tokenizer=args.tokenizer, outliers=outliers, train_steps=args.train_steps)
+        for quant, method, block, level in [("fp32", None, None, None), *variants]:
             art = args.out / f"a-{args.shape}-o{outliers:g}-{quant}-{method}-{block}-{level}"
             shutil.rmtree(art, ignore_errors=True)
             if method == "dynamic":

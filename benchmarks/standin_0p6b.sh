@@ -8,8 +8,8 @@ mkdir -p "$out"
 tok=()
 [ -n "${1:-}" ] && tok=(--tokenizer "$1")
 [ -d "$out/standin-0.6b" ] || qrr standin --shape 0.6b -o "$out/standin-0.6b" "${tok[@]}"
-for quant in none int8; do
-  name="$out/standin-0.6b-$([ "$quant" = none ] && echo fp32 || echo "$quant")"
+for quant in fp32 int8; do
+  name="$out/standin-0.6b-$quant"
   rm -rf "$name"
   qrr-export "$out/standin-0.6b" -o "$name" --quant "$quant"
 done

@@ -13,7 +13,7 @@ Engines (each skipped, with the reason in the table, when it cannot run here):
   qrr-onnx-*       our artifacts, fp32, int8, int4 (qrr-openvino-* likewise once exported)
 
 Peer models are made outside this process (their exporters pin their own transformers); the paths come
-by flag, see benchmarks/peers/README.md. Each engine scores every workload once after a short warm-up;
+by flag, see benchmarks/peers.md. Each engine scores every workload once after a short warm-up;
 it prints pairs/s, ms/pair, the process's peak RSS while the engine was loaded and scoring (cumulative: what
 earlier engines left resident counts too) and its growth over the engine, the ratio to the recipe and
 the share of the GEMM peak measured at the start, and writes throughput.json, throughput.md and
@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from peers import Skip
-from results_io import save
+from common import ensure_artifact, ensure_standin, save
 
 Pair = tuple[str, str]
 Scorer = Callable[[Sequence[Pair]], Sequence[float]]
@@ -85,18 +85,12 @@ def load_recipe(args, keep: int | None) -> Scorer:
 def prepare_qrr(args, name: str) -> None:
     """Export the artifact an engine needs, before anything is measured."""
     _, fmt, precision = name.split("-")
-    artifact = args.work / name
-    if not (artifact / "qrr.json").is_file():
-        import importlib.util
+    import importlib.util
 
-        from qrr.export import export_onnx
-        from qrr.export.progress import Progress
-
-        if fmt == "openvino" and importlib.util.find_spec("openvino") is None:
-            raise Skip("openvino is not installed (pip install 'qrr[openvino]')")
-        export_onnx(str(args.checkpoint), artifact, format=fmt, quant={"fp32": "none"}.get(precision, precision),
-                    validate=False, progress=Progress())
-        gc.collect()
+    if fmt == "openvino" and importlib.util.find_spec("openvino") is None:
+        raise Skip("openvino is not installed (pip install -e '.[openvino]' in the qrr clone)")
+    ensure_artifact(args.checkpoint, args.work / name, format=fmt, precision=precision)
+    gc.collect()
 
 
 def load_qrr(args, name: str) -> Scorer:
@@ -141,18 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gguf", type=Path, default=None, help="Q8_0 GGUF from convert_hf_to_gguf.py")
     args = parser.parse_args(argv)
 
-    from qrr.export.standin import make_standin
-    from qrr.export.validate import machine_info, versions
-    from qrr.runtime.bench import WORKLOADS, PeakRSS, make_workload, time_scoring
+    from qrr.runtime.bench import WORKLOADS, make_workload
     from qrr.runtime.reranker import physical_cores
+    from qrr.runtime.timing import PeakRSS, timed
     from tokenizers import Tokenizer
 
     args.threads = args.threads or physical_cores()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.checkpoint is None:
-        args.checkpoint = args.work / "standin-0.6b"
-        if not (args.checkpoint / "config.json").is_file():
-            make_standin(args.checkpoint, shape="0.6b", tokenizer=args.tokenizer)
+        args.checkpoint = ensure_standin(args.work / "standin-0.6b", shape="0.6b", tokenizer=args.tokenizer)
     config = json.loads((args.checkpoint / "config.json").read_text())
     tok = Tokenizer.from_file(str(args.checkpoint / "tokenizer.json"))
 
@@ -187,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                 results = {}
                 for w, pairs in workloads.items():
                     score(pairs[:2])  # warm-up: first-run allocations and kernels
-                    timing, _ = time_scoring(score, pairs, repeat=args.repeat, warmup=0)
+                    timing, _ = timed(lambda: score(pairs), len(pairs), repeat=args.repeat)
                     results[w] = timing
                     print(f"{name} {w}: {timing.pairs_per_s:.3f} pairs/s", flush=True)
                 error = None
@@ -214,8 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         for w, v in r.get("workloads", {}).items():
             v["vs_recipe"] = v["pairs_per_s"] / base["workloads"][w]["pairs_per_s"] if base else None
     result = {"checkpoint": str(args.checkpoint), "threads": args.threads, "gemm_peak_gflops": peak,
-              "workloads": {w: WORKLOADS[w] for w in workloads}, "rows": rows, "machine": machine_info(),
-              "versions": versions()}
+              "workloads": {w: WORKLOADS[w] for w in workloads}, "rows": rows}
     header = ["engine", "workload", "pairs/s", "ms/pair", "vs recipe", "GEMM peak share", "process peak RSS MiB",
               "RSS growth MiB"]
     table = []

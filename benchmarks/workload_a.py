@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from results_io import save
+from common import ensure_artifact, ensure_standin, save
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,27 +31,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from tokenizers import Tokenizer
 
-    from qrr.export import export_onnx
-    from qrr.export.progress import Progress
-    from qrr.export.standin import make_standin
-    from qrr.export.validate import machine_info, versions
     from qrr.runtime import Reranker
     from qrr.runtime.bench import make_workload
 
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    standin = args.work / f"standin-{args.shape}"
-    if not (standin / "config.json").is_file():
-        make_standin(standin, shape=args.shape, tokenizer=args.tokenizer)
+    standin = ensure_standin(args.work / f"standin-{args.shape}", shape=args.shape, tokenizer=args.tokenizer)
     tok = Tokenizer.from_file(str(standin / "tokenizer.json"))
     pairs = make_workload("A", lambda text: len(tok.encode(text, add_special_tokens=False).ids))
     query, docs = pairs[0][0], [d for _, d in pairs]
     rows = []
     for precision in args.precisions:
-        artifact = args.work / f"standin-{args.shape}-{precision}"
-        if not (artifact / "qrr.json").is_file():
-            quant = {"fp32": "none"}.get(precision, precision)
-            export_onnx(str(standin), artifact, quant=quant, validate=False, progress=Progress())
+        artifact = ensure_artifact(standin, args.work / f"standin-{args.shape}-{precision}", precision=precision)
         devices = [args.device] + (["cpu"] if args.device != "cpu" else [])
         for device in devices:
             start = time.perf_counter()
@@ -73,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                 "score_mean": sum(scores) / len(scores),
             })
             print(json.dumps(rows[-1]), flush=True)
-    result = {"workload": "A: 1 query x 32 documents x ~200 tokens", "rows": rows,
-              "machine": machine_info(), "versions": versions()}
+    result = {"workload": "A: 1 query x 32 documents x ~200 tokens", "rows": rows}
     save(args.out, "workload_a", result, ["precision", "device", "pairs/s", "ms/pair", "cold start s"],
          [[r["precision"], r["device"], f"{r['pairs_per_s']:.1f}", f"{r['ms_per_pair']:.1f}", f"{r['cold_start_s']:.2f}"]
           for r in rows])
