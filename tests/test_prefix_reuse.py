@@ -7,7 +7,7 @@ import pytest
 from conftest import DOCS, QUERY
 
 from qrr.runtime import Reranker
-from qrr.runtime.reranker import common_prefix, plan_batches, plan_prefixes
+from qrr.runtime.planner import common_prefix, plan_batches, plan_prefixes
 
 EXACT = 2e-6  # fp32 summation order differs between a shared past and a whole row; nothing else does
 
