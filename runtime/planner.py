@@ -54,10 +54,11 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def plan_prefixes(
-    sequences: Sequence[Sequence[int]], groups: Sequence[object] | None = None
+    sequences: Sequence[Sequence[int]], group_keys: Sequence[object] | None = None
 ) -> tuple[int, list[tuple[int, list[int]]]]:
     """(root, [(shared prefix length, member indices)]): `root` tokens are common to every sequence, and
-    each group's members also share their first `shared` (≥ root) tokens.
+    each group's members also share their first `shared` (≥ root) tokens. `group_keys` gives one key per
+    sequence (e.g. its query); sequences with equal keys form a group.
 
     Every prefix is a common prefix of its members' exact token ids and leaves each member at least one
     token of its own (the score is read at the last token). Groups of one share only the root; they are
@@ -77,7 +78,7 @@ def plan_prefixes(
     root = shared(everyone)
     keyed: dict[object, list[int]] = {}
     for i in everyone:
-        keyed.setdefault(None if groups is None else groups[i], []).append(i)
+        keyed.setdefault(None if group_keys is None else group_keys[i], []).append(i)
     plan: list[tuple[int, list[int]]] = []
     rest: list[int] = []
     for members in keyed.values():

@@ -125,7 +125,7 @@ class Reranker:
         if not checked:
             return []
         ids = self.tokenizer.encode(checked, instruction)
-        return self.score_ids(ids, groups=[q for q, _ in checked]).tolist()
+        return self.score_ids(ids, group_keys=[q for q, _ in checked]).tolist()
 
     def rerank(
         self,
@@ -145,21 +145,23 @@ class Reranker:
             order = order[:top_k]
         return [RerankResult(i, scores[i], docs[i]) for i in order]
 
-    def score_ids(self, sequences: list[list[int]], groups: Sequence[object] | None = None) -> np.ndarray:
+    def score_ids(self, sequences: list[list[int]], group_keys: Sequence[object] | None = None) -> np.ndarray:
         """P(yes) for already tokenized prompts, in input order.
 
         Sequences that share a token prefix share its computation (prefix reuse): the prefix common to all
-        of them is run once, and so is each group's longer common prefix, where `groups` gives a key per
-        sequence (e.g. the query); without `groups` only the prefix common to all is shared. The shared
+        of them is run once, and so is each group's longer common prefix, where `group_keys` gives a key per
+        sequence (e.g. the query); without `group_keys` only the prefix common to all is shared. The shared
         part is a prefix of the exact token ids, so the scores are those of scoring every sequence whole.
         """
-        if groups is not None and len(groups) != len(sequences):
-            raise InputError(f"groups has {len(groups)} keys for {len(sequences)} sequences; give one per sequence")
+        if group_keys is not None and len(group_keys) != len(sequences):
+            raise InputError(
+                f"group_keys has {len(group_keys)} keys for {len(sequences)} sequences; give one per sequence"
+            )
         logits = np.empty(len(sequences), dtype=np.float32)
         if not sequences:
             return logits
         if self.prefix_reuse:
-            root, plan = plan_prefixes(sequences, groups)
+            root, plan = plan_prefixes(sequences, group_keys)
         else:
             root, plan = 0, [(0, list(range(len(sequences))))]
         empty = np.zeros((*self._past_shape[:3], 0, self._past_shape[4]), dtype=self._past_dtype)

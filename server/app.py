@@ -150,9 +150,9 @@ class MicroBatcher:
                 jobs.append(job)
                 tokens += sum(map(len, job.ids))
             flat = [seq for job in jobs for seq in job.ids]
-            groups = [n for n, job in enumerate(jobs) for _ in job.ids]  # a request's documents share a prefix
+            group_keys = [n for n, job in enumerate(jobs) for _ in job.ids]  # a request's documents share a prefix
             try:
-                scores = await loop.run_in_executor(self.executor, self.reranker.score_ids, flat, groups)
+                scores = await loop.run_in_executor(self.executor, self.reranker.score_ids, flat, group_keys)
             except Exception as exc:  # reported to each waiting request, never swallowed
                 log.exception("scoring failed")
                 for job in jobs:

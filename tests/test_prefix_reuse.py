@@ -35,7 +35,7 @@ def reuse(fp32_artifact):
 
 def test_plan_splits_at_the_exact_token_prefix(reuse):
     ids = reuse.tokenizer.encode(PAIRS)
-    root, plan = plan_prefixes(ids, groups=[q for q, _ in PAIRS])
+    root, plan = plan_prefixes(ids, group_keys=[q for q, _ in PAIRS])
     assert sorted(i for _, members in plan for i in members) == list(range(len(PAIRS)))
     # the root is what every pair shares: the system prompt and the instruction, up to "<Query>:"
     assert len(reuse.tokenizer.prefix_ids) < root == common_prefix(ids[0], ids[6])

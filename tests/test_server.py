@@ -140,9 +140,9 @@ def test_busy_server_answers_503(rr):
     slow = threading.Event()
     original = rr.score_ids
 
-    def blocking(ids, groups=None):
+    def blocking(ids, group_keys=None):
         slow.wait(10)
-        return original(ids, groups)
+        return original(ids, group_keys)
 
     class Slow:
         def __getattr__(self, name):
