@@ -32,7 +32,7 @@ class ServerConfig:
     max_documents: int = 1000  # per request
     max_in_flight: int = 64  # requests queued or being scored; more get 503
     batch_wait_ms: float = 5.0  # how long the batcher waits for more requests to join a batch
-    batch_tokens: int = 16384  # tokens the batcher gathers before it stops waiting
+    gather_tokens: int = 16384  # tokens the batcher gathers before it stops waiting
     shutdown_grace_s: float = 30.0
 
 
@@ -142,7 +142,7 @@ class MicroBatcher:
             jobs = [await self.queue.get()]
             tokens = sum(map(len, jobs[0].ids))
             deadline = loop.time() + self.config.batch_wait_ms / 1000
-            while tokens < self.config.batch_tokens:
+            while tokens < self.config.gather_tokens:
                 try:
                     job = await asyncio.wait_for(self.queue.get(), max(0.0, deadline - loop.time()))
                 except asyncio.TimeoutError:
