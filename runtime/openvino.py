@@ -1,4 +1,4 @@
-"""The OpenVINO backend: the same scoring graph as OpenVINO IR, behind the session interface the runtime uses.
+"""The OpenVINO backend: the same scoring graph as OpenVINO IR, behind the session interface (session.py).
 
 OpenVINO's CPU plugin changes numbers unless told otherwise: it computes in bf16 on CPUs with AVX512-BF16
 or AMX, quantizes activations to int8 in groups of 32 for compressed weights, and keeps KV caches in u8.
@@ -9,10 +9,14 @@ measurement), and reported back in `OpenVinoSession.properties`.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import ArtifactError, DeviceError, InputError, first_line
+from .session import GraphInput
 
 EXTRA = "OpenVINO artifacts need the openvino extra: pip install 'qrr[openvino]'"
 # What an artifact gets when its manifest names no compile properties (an fp32 graph computed in fp32).
@@ -21,7 +25,6 @@ DEFAULT_PROPERTIES = {
     "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0",
     "KV_CACHE_PRECISION": "f32",
 }
-HINTS = ("latency", "throughput")
 _TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)", "i64": "tensor(int64)", "i32": "tensor(int32)"}
 
 
@@ -42,16 +45,14 @@ def parse_openvino_device(device: str, available: list[str]) -> str:
     return text
 
 
-class _Input:
-    def __init__(self, port) -> None:
-        self.name = port.get_any_name()
-        shape = port.get_partial_shape()
-        self.shape = [d.get_length() if d.is_static else "?" for d in shape]
-        self.type = _TYPES.get(port.get_element_type().get_type_name(), str(port.get_element_type()))
+def _graph_input(port) -> GraphInput:
+    shape = tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
+    type_name = port.get_element_type().get_type_name()
+    return GraphInput(port.get_any_name(), shape, _TYPES.get(type_name, str(port.get_element_type())))
 
 
 class OpenVinoSession:
-    """Compiles `model_file` for `device`; `run(names, feeds)` as onnxruntime's session does."""
+    """`model_file` compiled for `device`, with the manifest's compile `properties` and a performance `hint`."""
 
     def __init__(
         self,
@@ -59,6 +60,7 @@ class OpenVinoSession:
         device: str,
         threads: int,
         *,
+        outputs: Sequence[str],
         properties: dict[str, str] | None = None,
         hint: str = "latency",
     ) -> None:
@@ -85,16 +87,12 @@ class OpenVinoSession:
             raise DeviceError(f"OpenVINO could not compile the model for {self.device}: {first_line(exc)}") from None
         self.properties = {k: str(self.compiled.get_property(k)) for k in config}
         self.request = self.compiled.create_infer_request()
-        self._inputs = [_Input(p) for p in self.compiled.inputs]
-        self._outputs = {p.get_any_name(): p for p in self.compiled.outputs}
+        self.inputs = [_graph_input(p) for p in self.compiled.inputs]
+        self._ports = {p.get_any_name(): p for p in self.compiled.outputs}
+        self._outputs = list(outputs)
 
-    def get_inputs(self) -> list[_Input]:
-        return self._inputs
-
-    def get_providers(self) -> list[str]:
-        return [f"OpenVINO {self.device}"]
-
-    def run(self, names: list[str], feeds: dict[str, Any]) -> list[Any]:
+    def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         result = self.request.infer(feeds, share_inputs=True)
-        return [result[self._outputs[name]] for name in names]
+        logits, present = (result[self._ports[name]] for name in self._outputs)
+        return logits, present
 

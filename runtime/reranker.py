@@ -1,31 +1,19 @@
-"""The lean scorer: tokenizer → length-sorted batches → onnxruntime session → P(yes)."""
+"""The lean scorer: tokenizer → shared prefixes and length-sorted batches → session → P(yes)."""
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from .errors import ArtifactError, DeviceError, InputError, first_line
+from .errors import ArtifactError, InputError
 from .manifest import load_manifest
-from .openvino import HINTS
+from .planner import CHUNK_TOKENS, DEFAULT_BATCH_TOKENS, plan_batches, plan_prefixes
 from .prompt import PromptTokenizer, check_documents, check_text
-
-# Padded tokens per batch. On CPU a few hundred rows already keep the GEMMs efficient, and larger batches
-# only cost memory: 0.6B int8, workload A, peak RSS 1082 MiB at 512 against 4039 MiB at 8192, no slower.
-DEFAULT_BATCH_TOKENS = 512
-MAX_BATCH = 64
-# Attention scores per batch, rows × new tokens × (past + new tokens), times the heads and 4 bytes: the one
-# activation that grows quadratically in length. 4M cells are 256 MiB of fp32 scores with 16 heads.
-MAX_ATTENTION_CELLS = 4 * 2**20
-# A row longer than this runs alone, in chunks of this many tokens, each against the keys and values of
-# the chunks before it: memory grows linearly in length and the scores are those of the whole row.
-CHUNK_TOKENS = 1024
+from .session import HINTS, open_session
 
 
 @dataclass(frozen=True)
@@ -43,41 +31,6 @@ def physical_cores() -> int:
     except ImportError:
         cores = None
     return cores or os.cpu_count() or 1
-
-
-_PROVIDERS = {
-    "cpu": ("CPUExecutionProvider", None),
-    "cuda": (
-        "CUDAExecutionProvider",
-        "pip install 'qrr[gpu]' && pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu "
-        "(both ship the module onnxruntime: keep only the GPU one)",
-    ),
-    "dml": ("DmlExecutionProvider", "pip uninstall -y onnxruntime && pip install onnxruntime-directml"),
-}
-AUTO_ORDER = ("cuda", "dml", "cpu")
-
-
-def parse_device(device: str, available: Sequence[str]) -> tuple[str, int]:
-    """'cpu', 'cuda', 'cuda:N', 'dml', 'dml:N' or 'auto' → (kind, index); 'auto' takes the first GPU there is."""
-    if not isinstance(device, str):
-        raise InputError(f"device must be a string such as 'cpu' or 'cuda:0', got {type(device).__name__}")
-    text = device.strip().lower()
-    if text == "auto":
-        kind = next(k for k in AUTO_ORDER if _PROVIDERS[k][0] in available)
-        return kind, 0
-    match = re.fullmatch(r"(cpu|cuda|dml)(?::(\d+))?", text)
-    if not match:
-        raise InputError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N', 'dml', 'dml:N' or 'auto'")
-    kind, index = match.group(1), match.group(2)
-    if kind == "cpu" and index is not None:
-        raise InputError(f"unknown device {device!r}; the CPU device takes no index, use 'cpu'")
-    provider, install = _PROVIDERS[kind]
-    if provider not in available:
-        raise DeviceError(
-            f"device {device!r} needs onnxruntime's {provider}, which this installation lacks "
-            f"(available: {', '.join(available)}); install it with: {install}"
-        )
-    return kind, int(index or 0)
 
 
 class Reranker:
@@ -130,18 +83,14 @@ class Reranker:
         self.pad_token_id = int(m["pad_token_id"])
         self.device = device
         self.threads = threads or physical_cores()
-        self.io_device: tuple[str, int] | None = None  # set for GPU devices: run with I/O binding
-        if m["format"] == "openvino":
-            from .openvino import OpenVinoSession
-
-            self.session = OpenVinoSession(
-                self.path / m["model_file"], device, self.threads,
-                properties=(m.get("openvino") or {}).get("properties"), hint=performance_hint,
-            )
-            self.device_kind = self.session.device
-        else:
-            self.session = self._open_session(device)
-        inputs = {i.name: i for i in self.session.get_inputs()}
+        # a format's own manifest fields are under its name, e.g. "openvino": {"properties": {...}}
+        properties = (m.get(m["format"]) or {}).get("properties")
+        self.session = open_session(
+            self.path / m["model_file"], m["format"], device, self.threads,
+            outputs=m["outputs"], properties=properties, hint=performance_hint,
+        )
+        self.device_kind = self.session.device
+        inputs = {i.name: i for i in self.session.inputs}
         expected = list(m["inputs"])
         if sorted(inputs) != sorted(expected):
             raise ArtifactError(
@@ -149,9 +98,8 @@ class Reranker:
                 "re-export the artifact"
             )
         past = inputs["past_key_values"]
-        self._past_shape = tuple(d if isinstance(d, int) else 0 for d in past.shape)
+        self._past_shape = tuple(0 if d is None else d for d in past.shape)
         self._past_dtype = np.float16 if past.type == "tensor(float16)" else np.float32
-        self._output_names = list(m["outputs"])
         self.prefix_reuse = bool(prefix_reuse)
         self.chunk_tokens = CHUNK_TOKENS
 
@@ -177,7 +125,7 @@ class Reranker:
         if not checked:
             return []
         ids = self.tokenizer.encode(checked, instruction)
-        return self.score_ids(ids, groups=[q for q, _ in checked]).tolist()
+        return self.score_ids(ids, group_keys=[q for q, _ in checked]).tolist()
 
     def rerank(
         self,
@@ -197,21 +145,23 @@ class Reranker:
             order = order[:top_k]
         return [RerankResult(i, scores[i], docs[i]) for i in order]
 
-    def score_ids(self, sequences: list[list[int]], groups: Sequence[object] | None = None) -> np.ndarray:
+    def score_ids(self, sequences: list[list[int]], group_keys: Sequence[object] | None = None) -> np.ndarray:
         """P(yes) for already tokenized prompts, in input order.
 
         Sequences that share a token prefix share its computation (prefix reuse): the prefix common to all
-        of them is run once, and so is each group's longer common prefix, where `groups` gives a key per
-        sequence (e.g. the query); without `groups` only the prefix common to all is shared. The shared
+        of them is run once, and so is each group's longer common prefix, where `group_keys` gives a key per
+        sequence (e.g. the query); without `group_keys` only the prefix common to all is shared. The shared
         part is a prefix of the exact token ids, so the scores are those of scoring every sequence whole.
         """
-        if groups is not None and len(groups) != len(sequences):
-            raise InputError(f"groups has {len(groups)} keys for {len(sequences)} sequences; give one per sequence")
+        if group_keys is not None and len(group_keys) != len(sequences):
+            raise InputError(
+                f"group_keys has {len(group_keys)} keys for {len(sequences)} sequences; give one per sequence"
+            )
         logits = np.empty(len(sequences), dtype=np.float32)
         if not sequences:
             return logits
         if self.prefix_reuse:
-            root, plan = plan_prefixes(sequences, groups)
+            root, plan = plan_prefixes(sequences, group_keys)
         else:
             root, plan = 0, [(0, list(range(len(sequences))))]
         empty = np.zeros((*self._past_shape[:3], 0, self._past_shape[4]), dtype=self._past_dtype)
@@ -257,130 +207,8 @@ class Reranker:
             "past_key_values": past,
             "present_length": np.array(keep, dtype=np.int64),
         }
-        if self.io_device is not None:
-            logits, present = self._run_bound(feeds)
-        else:
-            logits, present = self.session.run(self._output_names, feeds)
+        logits, present = self.session.run(feeds)
         return logits.astype(np.float32).reshape(-1), present
-
-    def _open_session(self, device: str):
-        import onnxruntime as ort
-
-        kind, index = parse_device(device, ort.get_available_providers())
-        provider = _PROVIDERS[kind][0]
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        providers: list[Any] = ["CPUExecutionProvider"]
-        if kind != "cpu":
-            # CPU stays listed for the few nodes a GPU provider does not implement (shape arithmetic)
-            providers.insert(0, (provider, {"device_id": index}))
-            self.io_device = (kind, index)
-        model = self.path / self.manifest["model_file"]
-        try:
-            session = ort.InferenceSession(str(model), sess_options=so, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own exception types for every load failure
-            raise ArtifactError(
-                f"onnxruntime cannot load {model}: {first_line(exc)}; the artifact may be corrupted, re-export it"
-            ) from None
-        if provider not in session.get_providers():  # onnxruntime falls back to CPU with only a log line
-            raise DeviceError(
-                f"onnxruntime could not start {provider} for device {device!r} (driver, CUDA or cuDNN libraries "
-                "missing?); it would have run on the CPU. Fix the GPU setup, or ask for device='cpu'"
-            )
-        self.device_kind = kind
-        return session
-
-    def _run_bound(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Run with I/O binding: inputs copied to the device once, the outputs allocated there."""
-        import onnxruntime as ort
-
-        kind, index = self.io_device  # onnxruntime's device names are ours: cpu, cuda, dml
-        binding = self.session.io_binding()
-        for name, value in feeds.items():
-            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, kind, index))
-        for name in self._output_names:
-            binding.bind_output(name, kind, index)
-        self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()
-
-
-def plan_batches(
-    lengths: Sequence[int],
-    batch_tokens: int,
-    max_batch: int = MAX_BATCH,
-    *,
-    past: int = 0,
-    max_cells: int = MAX_ATTENTION_CELLS,
-) -> list[list[int]]:
-    """Group indices by length so that each batch stays under `batch_tokens` padded tokens and
-    `max_cells` attention scores (rows × width × (past + width)).
-
-    Sorting by length means a batch pads only to its own longest member; a single sequence over a budget
-    still gets a batch of its own.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        # lengths ascend, so the padded width of the batch is the new member's length
-        rows, width = len(current) + 1, lengths[i]
-        if current and (rows * width > batch_tokens or rows * width * (past + width) > max_cells or rows > max_batch):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def plan_prefixes(
-    sequences: Sequence[Sequence[int]], groups: Sequence[object] | None = None
-) -> tuple[int, list[tuple[int, list[int]]]]:
-    """(root, [(shared prefix length, member indices)]): `root` tokens are common to every sequence, and
-    each group's members also share their first `shared` (≥ root) tokens.
-
-    Every prefix is a common prefix of its members' exact token ids and leaves each member at least one
-    token of its own (the score is read at the last token). Groups of one share only the root; they are
-    gathered into one group so that they batch together.
-    """
-
-    def shared(members: list[int]) -> int:
-        first = sequences[members[0]]
-        length = min(len(sequences[i]) for i in members) - 1
-        for i in members[1:]:
-            length = min(length, common_prefix(first, sequences[i]))
-        return max(length, 0)
-
-    everyone = list(range(len(sequences)))
-    if not everyone:
-        return 0, []
-    root = shared(everyone)
-    keyed: dict[object, list[int]] = {}
-    for i in everyone:
-        keyed.setdefault(None if groups is None else groups[i], []).append(i)
-    plan: list[tuple[int, list[int]]] = []
-    rest: list[int] = []
-    for members in keyed.values():
-        length = shared(members) if len(members) > 1 else root
-        if length > root:
-            plan.append((length, members))
-        else:
-            rest.extend(members)
-    if rest:
-        plan.append((root, sorted(rest)))
-    return root, plan
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

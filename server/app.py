@@ -13,18 +13,21 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.routing import Match
 
 from qrr.runtime import Reranker
 
 log = logging.getLogger("qrr.server")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+UNMATCHED = "unmatched"  # the path label of every request no route matches: one series, whatever the path
 
 
 @dataclass
@@ -32,7 +35,7 @@ class ServerConfig:
     max_documents: int = 1000  # per request
     max_in_flight: int = 64  # requests queued or being scored; more get 503
     batch_wait_ms: float = 5.0  # how long the batcher waits for more requests to join a batch
-    batch_tokens: int = 16384  # tokens the batcher gathers before it stops waiting
+    gather_tokens: int = 16384  # tokens the batcher gathers before it stops waiting
     shutdown_grace_s: float = 30.0
 
 
@@ -75,42 +78,43 @@ class _Job:
     future: asyncio.Future
 
 
-@dataclass
 class Metrics:
-    requests: dict[tuple[str, int], int] = field(default_factory=dict)
-    pairs: int = 0
-    tokens: int = 0
-    batches: int = 0
-    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
-    latency_sum: float = 0.0
+    """The server's Prometheus metrics, in a registry of its own: two apps in one process never collide."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("qrr_requests_total", "HTTP requests by path and status.", ["path", "status"], registry=r)
+        self.pairs = Counter("qrr_pairs_total", "(query, document) pairs scored.", registry=r)
+        self.tokens = Counter("qrr_tokens_total", "Prompt tokens scored.", registry=r)
+        self.batches = Counter("qrr_batches_total", "Micro-batches run.", registry=r)
+        self.latency = Histogram("qrr_request_seconds", "Request latency.", buckets=LATENCY_BUCKETS, registry=r)
+        self.in_flight = Gauge("qrr_in_flight", "Requests queued or being scored.", registry=r)
+        self.queue_depth = Gauge("qrr_queue_depth", "Requests waiting for the batcher.", registry=r)
 
     def observe(self, path: str, status: int, seconds: float) -> None:
-        self.requests[(path, status)] = self.requests.get((path, status), 0) + 1
-        self.latency_sum += seconds
-        index = next((i for i, b in enumerate(LATENCY_BUCKETS) if seconds <= b), len(LATENCY_BUCKETS))
-        self.latency_counts[index] += 1
+        self.requests.labels(path=path, status=str(status)).inc()
+        self.latency.observe(seconds)
 
-    def render(self, in_flight: int, queued: int) -> str:
-        out = ["# HELP qrr_requests_total HTTP requests by path and status.", "# TYPE qrr_requests_total counter"]
-        for (path, status), n in sorted(self.requests.items()):
-            out.append(f'qrr_requests_total{{path="{path}",status="{status}"}} {n}')
-        out += ["# HELP qrr_pairs_total (query, document) pairs scored.", "# TYPE qrr_pairs_total counter",
-                f"qrr_pairs_total {self.pairs}",
-                "# HELP qrr_tokens_total Prompt tokens scored.", "# TYPE qrr_tokens_total counter",
-                f"qrr_tokens_total {self.tokens}",
-                "# HELP qrr_batches_total Micro-batches run.", "# TYPE qrr_batches_total counter",
-                f"qrr_batches_total {self.batches}",
-                "# HELP qrr_request_seconds Request latency.", "# TYPE qrr_request_seconds histogram"]
-        cumulative = 0
-        for bound, n in zip([*map(str, LATENCY_BUCKETS), "+Inf"], self.latency_counts):
-            cumulative += n
-            out.append(f'qrr_request_seconds_bucket{{le="{bound}"}} {cumulative}')
-        out += [f"qrr_request_seconds_sum {self.latency_sum:.6f}", f"qrr_request_seconds_count {cumulative}",
-                "# HELP qrr_in_flight Requests queued or being scored.", "# TYPE qrr_in_flight gauge",
-                f"qrr_in_flight {in_flight}",
-                "# HELP qrr_queue_depth Requests waiting for the batcher.", "# TYPE qrr_queue_depth gauge",
-                f"qrr_queue_depth {queued}"]
-        return "\n".join(out) + "\n"
+    def watch(self, batcher: MicroBatcher) -> None:
+        """The gauges read the batcher's state when scraped."""
+        self.in_flight.set_function(lambda: batcher.in_flight)
+        self.queue_depth.set_function(batcher.queue.qsize)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def route_template(app: FastAPI, scope: dict[str, Any]) -> str:
+    """The template of the route a request matches ("/v1/rerank"), or UNMATCHED: label values stay bounded."""
+    partial = None
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return route.path
+        if match == Match.PARTIAL and partial is None:  # the path is a route's, the method is not (405)
+            partial = route.path
+    return partial or UNMATCHED
 
 
 class MicroBatcher:
@@ -142,7 +146,7 @@ class MicroBatcher:
             jobs = [await self.queue.get()]
             tokens = sum(map(len, jobs[0].ids))
             deadline = loop.time() + self.config.batch_wait_ms / 1000
-            while tokens < self.config.batch_tokens:
+            while tokens < self.config.gather_tokens:
                 try:
                     job = await asyncio.wait_for(self.queue.get(), max(0.0, deadline - loop.time()))
                 except asyncio.TimeoutError:
@@ -150,18 +154,18 @@ class MicroBatcher:
                 jobs.append(job)
                 tokens += sum(map(len, job.ids))
             flat = [seq for job in jobs for seq in job.ids]
-            groups = [n for n, job in enumerate(jobs) for _ in job.ids]  # a request's documents share a prefix
+            group_keys = [n for n, job in enumerate(jobs) for _ in job.ids]  # a request's documents share a prefix
             try:
-                scores = await loop.run_in_executor(self.executor, self.reranker.score_ids, flat, groups)
+                scores = await loop.run_in_executor(self.executor, self.reranker.score_ids, flat, group_keys)
             except Exception as exc:  # reported to each waiting request, never swallowed
                 log.exception("scoring failed")
                 for job in jobs:
                     if not job.future.done():
                         job.future.set_exception(exc)
                 continue
-            self.metrics.batches += 1
-            self.metrics.pairs += len(flat)
-            self.metrics.tokens += tokens
+            self.metrics.batches.inc()
+            self.metrics.pairs.inc(len(flat))
+            self.metrics.tokens.inc(tokens)
             start = 0
             for job in jobs:
                 if not job.future.done():
@@ -189,6 +193,7 @@ def create_app(reranker: Reranker, config: ServerConfig | None = None, name: str
         batcher = MicroBatcher(reranker, config, metrics)
         batcher.task = asyncio.create_task(batcher.run())
         state["batcher"] = batcher
+        metrics.watch(batcher)
         yield
         await batcher.drain(config.shutdown_grace_s)
 
@@ -197,12 +202,13 @@ def create_app(reranker: Reranker, config: ServerConfig | None = None, name: str
     @app.middleware("http")
     async def observe(request: Request, call_next):
         start = time.perf_counter()
+        path = route_template(app, request.scope)
         try:
             response = await call_next(request)
         except Exception:  # no traceback ever reaches a client
             log.exception("unhandled error on %s", request.url.path)
             response = JSONResponse({"error": "internal server error"}, status_code=500)
-        metrics.observe(request.url.path, response.status_code, time.perf_counter() - start)
+        metrics.observe(path, response.status_code, time.perf_counter() - start)
         return response
 
     @app.exception_handler(HTTPProblem)
@@ -258,9 +264,8 @@ def create_app(reranker: Reranker, config: ServerConfig | None = None, name: str
         return {"status": "ok"}
 
     @app.get("/metrics", response_class=PlainTextResponse)
-    async def prometheus() -> str:
-        batcher = state.get("batcher")
-        return metrics.render(batcher.in_flight if batcher else 0, batcher.queue.qsize() if batcher else 0)
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

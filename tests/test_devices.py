@@ -12,7 +12,7 @@ import pytest
 from conftest import DOCS, QUERY
 
 from qrr.runtime import DeviceError, InputError, Reranker
-from qrr.runtime.reranker import parse_device
+from qrr.runtime.onnxruntime import parse_device
 
 CPU = ["CPUExecutionProvider"]
 CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -84,7 +84,7 @@ def test_cuda_session_is_asked_for_the_device(fp32_artifact, monkeypatch):
     monkeypatch.setattr(ort, "InferenceSession", fake)
     rr = Reranker(fp32_artifact, device="cuda:1")
     assert seen["providers"] == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
-    assert rr.io_device == ("cuda", 1) and rr.device_kind == "cuda"
+    assert rr.session.io_device == ("cuda", 1) and rr.session.device == rr.device_kind == "cuda"
 
 
 def test_no_silent_fallback_to_cpu(fp32_artifact, monkeypatch):
@@ -99,8 +99,13 @@ def test_no_silent_fallback_to_cpu(fp32_artifact, monkeypatch):
 def test_io_binding_path_gives_the_same_scores(fp32_artifact):
     plain = Reranker(fp32_artifact)
     bound = Reranker(fp32_artifact)
-    bound.io_device = ("cpu", 0)  # the GPU path's binding code, on the CPU device
+    assert bound.session.io_device is None  # the CPU device runs without binding
+    bound.session.io_device = ("cpu", 0)  # the GPU path's binding code, on the CPU device
+    calls = []
+    run_bound = bound.session._run_bound
+    bound.session._run_bound = lambda feeds: calls.append(1) or run_bound(feeds)
     np.testing.assert_allclose(bound.score(QUERY, DOCS), plain.score(QUERY, DOCS), atol=1e-7)
+    assert calls, "the binding path did not run"
 
 
 @pytest.fixture(scope="module")

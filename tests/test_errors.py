@@ -139,3 +139,23 @@ def test_older_manifest_version(artifact_copy):
     with pytest.raises(ArtifactError) as e:
         Reranker(artifact_copy)
     assert "older qrr" in one_line(e) and "re-export" in one_line(e)
+
+
+def test_session_table_refuses_an_unknown_format(tmp_path):
+    from qrr.runtime.session import BACKENDS, open_session
+
+    with pytest.raises(ArtifactError) as e:
+        open_session(tmp_path / "model.tflite", "tflite", "cpu", 1, outputs=["score_logit", "present"])
+    assert "'tflite'" in one_line(e) and all(name in one_line(e) for name in BACKENDS)
+
+
+def test_session_table_names_a_session_class_per_format():
+    import importlib
+
+    from qrr.runtime.manifest import FORMATS
+    from qrr.runtime.session import BACKENDS
+
+    assert set(BACKENDS) == set(FORMATS)  # every format the manifest accepts has a backend
+    for module, name in BACKENDS.values():
+        backend = getattr(importlib.import_module(f"qrr.runtime.{module}"), name)
+        assert callable(backend.run)

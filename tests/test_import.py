@@ -36,3 +36,15 @@ def test_help_runs_without_torch(argv):
     statement = f"from qrr.cli.main import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass"
     loaded = _loaded_after(statement)
     assert "torch" not in loaded and "transformers" not in loaded
+
+
+def test_onnx_artifacts_leave_openvino_unimported(fp32_artifact):
+    """The session table imports a backend only for its own format."""
+    code = (
+        "import sys\n"
+        "from qrr.runtime import Reranker\n"
+        f"Reranker({str(fp32_artifact)!r}, threads=1).score('q', ['d'])\n"
+        "loaded = [m for m in ('openvino', 'qrr.runtime.openvino') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -7,7 +7,7 @@ import pytest
 from conftest import DOCS, QUERY
 
 from qrr.runtime import Reranker
-from qrr.runtime.reranker import common_prefix, plan_batches, plan_prefixes
+from qrr.runtime.planner import common_prefix, plan_batches, plan_prefixes
 
 EXACT = 2e-6  # fp32 summation order differs between a shared past and a whole row; nothing else does
 
@@ -35,7 +35,7 @@ def reuse(fp32_artifact):
 
 def test_plan_splits_at_the_exact_token_prefix(reuse):
     ids = reuse.tokenizer.encode(PAIRS)
-    root, plan = plan_prefixes(ids, groups=[q for q, _ in PAIRS])
+    root, plan = plan_prefixes(ids, group_keys=[q for q, _ in PAIRS])
     assert sorted(i for _, members in plan for i in members) == list(range(len(PAIRS)))
     # the root is what every pair shares: the system prompt and the instruction, up to "<Query>:"
     assert len(reuse.tokenizer.prefix_ids) < root == common_prefix(ids[0], ids[6])

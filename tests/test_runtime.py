@@ -7,7 +7,7 @@ import pytest
 from conftest import DOCS, QUERY
 
 from qrr.runtime import Reranker
-from qrr.runtime.reranker import plan_batches
+from qrr.runtime.planner import plan_batches
 
 FP32_TOL = 1e-4
 INT8_TOL = 0.03  # the int8 default --max-drop (README, "Validation")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import socket
+import string
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,17 +15,31 @@ from conftest import DOCS, QUERY
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
+pytest.importorskip("prometheus_client")
 
 import uvicorn  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from qrr.runtime import Reranker  # noqa: E402
 from qrr.server import ServerConfig, create_app  # noqa: E402
+from qrr.server.app import LATENCY_BUCKETS  # noqa: E402
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def scrape(url: str) -> dict[str, dict[tuple, float]]:
+    """/metrics parsed as Prometheus text: sample name → {sorted labels: value}; a malformed page raises."""
+    r = httpx.get(url + "/metrics", timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    samples: dict[str, dict[tuple, float]] = {}
+    for family in text_string_to_metric_families(r.text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
 
 
 class Server:
@@ -123,9 +139,36 @@ def test_concurrent_clients_get_their_own_scores(url, rr):
             assert [got[i] for i in range(3)] == pytest.approx(expected[q], abs=1e-6)
     metrics = httpx.get(url + "/metrics", timeout=30).text
     assert "qrr_pairs_total" in metrics and 'qrr_requests_total{path="/v1/rerank",status="200"}' in metrics
-    batches = int(next(line.split()[1] for line in metrics.splitlines() if line.startswith("qrr_batches_total")))
-    pairs = int(next(line.split()[1] for line in metrics.splitlines() if line.startswith("qrr_pairs_total")))
+    samples = scrape(url)
+    batches, pairs = samples["qrr_batches_total"][()], samples["qrr_pairs_total"][()]
     assert batches < pairs  # requests were scored together
+
+
+def test_metrics_label_routes_not_paths(url):
+    """Label values are route templates: 50 unknown paths add one series, not 50, and the page stays valid."""
+    before = scrape(url)
+    rng = random.Random(0)
+    junk = [
+        "/" + "".join(rng.choices(string.ascii_letters + string.digits + '"\\{}=,', k=12))
+        for _ in range(48)
+    ] + ["/v1/rerank/x", "/%22%0Aqrr_pairs_total%201e9"]  # a quote and a newline, decoded by the server
+    for path in junk:
+        assert httpx.get(url + path, timeout=30).status_code == 404
+    assert httpx.get(url + "/v1/rerank", timeout=30).status_code == 405  # a route's path, not its method
+    after = scrape(url)
+    added = set(after["qrr_requests_total"]) - set(before["qrr_requests_total"])
+    assert added <= {(("path", "unmatched"), ("status", "404")), (("path", "/v1/rerank"), ("status", "405"))}
+    unmatched = (("path", "unmatched"), ("status", "404"))
+    assert after["qrr_requests_total"][unmatched] - before["qrr_requests_total"].get(unmatched, 0) == len(junk)
+    paths = {dict(labels)["path"] for labels in after["qrr_requests_total"]}
+    assert paths <= {"/v1/rerank", "/rerank", "/v1/score", "/health", "/metrics", "/v1/models", "/openapi.json",
+                     "unmatched"}
+    assert after["qrr_pairs_total"] == before["qrr_pairs_total"]  # the injected line is not a sample
+    bounds = [dict(labels)["le"] for labels in after["qrr_request_seconds_bucket"]]
+    assert bounds == [*map(str, map(float, LATENCY_BUCKETS)), "+Inf"]
+    for name in ("qrr_tokens_total", "qrr_batches_total", "qrr_request_seconds_count", "qrr_in_flight",
+                 "qrr_queue_depth"):
+        assert name in after
 
 
 def test_health_models_openapi(url):
@@ -140,9 +183,9 @@ def test_busy_server_answers_503(rr):
     slow = threading.Event()
     original = rr.score_ids
 
-    def blocking(ids, groups=None):
+    def blocking(ids, group_keys=None):
         slow.wait(10)
-        return original(ids, groups)
+        return original(ids, group_keys)
 
     class Slow:
         def __getattr__(self, name):

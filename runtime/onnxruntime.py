@@ -1,0 +1,117 @@
+"""The onnxruntime backend: ONNX artifacts on onnxruntime's CPU, CUDA or DirectML provider."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import ArtifactError, DeviceError, InputError, first_line
+from .session import GraphInput
+
+# device kind → (execution provider, how to install it)
+PROVIDERS = {
+    "cpu": ("CPUExecutionProvider", None),
+    "cuda": (
+        "CUDAExecutionProvider",
+        "pip install 'qrr[gpu]' && pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu "
+        "(both ship the module onnxruntime: keep only the GPU one)",
+    ),
+    "dml": ("DmlExecutionProvider", "pip uninstall -y onnxruntime && pip install onnxruntime-directml"),
+}
+AUTO_ORDER = ("cuda", "dml", "cpu")
+
+
+def parse_device(device: str, available: Sequence[str]) -> tuple[str, int]:
+    """'cpu', 'cuda', 'cuda:N', 'dml', 'dml:N' or 'auto' → (kind, index); 'auto' takes the first GPU there is."""
+    if not isinstance(device, str):
+        raise InputError(f"device must be a string such as 'cpu' or 'cuda:0', got {type(device).__name__}")
+    text = device.strip().lower()
+    if text == "auto":
+        kind = next(k for k in AUTO_ORDER if PROVIDERS[k][0] in available)
+        return kind, 0
+    match = re.fullmatch(r"(cpu|cuda|dml)(?::(\d+))?", text)
+    if not match:
+        raise InputError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N', 'dml', 'dml:N' or 'auto'")
+    kind, index = match.group(1), match.group(2)
+    if kind == "cpu" and index is not None:
+        raise InputError(f"unknown device {device!r}; the CPU device takes no index, use 'cpu'")
+    provider, install = PROVIDERS[kind]
+    if provider not in available:
+        raise DeviceError(
+            f"device {device!r} needs onnxruntime's {provider}, which this installation lacks "
+            f"(available: {', '.join(available)}); install it with: {install}"
+        )
+    return kind, int(index or 0)
+
+
+class OnnxRuntimeSession:
+    """An onnxruntime InferenceSession on one device; on a GPU it runs with I/O binding.
+
+    `properties` and `hint` are OpenVINO's: onnxruntime takes neither.
+    """
+
+    def __init__(
+        self,
+        model_file: Path,
+        device: str,
+        threads: int,
+        *,
+        outputs: Sequence[str],
+        properties: dict[str, str] | None = None,
+        hint: str = "latency",
+    ) -> None:
+        kind, index = parse_device(device, ort.get_available_providers())
+        provider = PROVIDERS[kind][0]
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        providers: list[Any] = ["CPUExecutionProvider"]
+        # set for GPU devices: inputs copied there once per run, outputs allocated there
+        self.io_device: tuple[str, int] | None = None
+        if kind != "cpu":
+            # CPU stays listed for the few nodes a GPU provider does not implement (shape arithmetic)
+            providers.insert(0, (provider, {"device_id": index}))
+            self.io_device = (kind, index)
+        try:
+            self.session = ort.InferenceSession(str(model_file), sess_options=so, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for every load failure
+            raise ArtifactError(
+                f"onnxruntime cannot load {model_file}: {first_line(exc)}; the artifact may be corrupted, re-export it"
+            ) from None
+        if provider not in self.session.get_providers():  # onnxruntime falls back to CPU with only a log line
+            raise DeviceError(
+                f"onnxruntime could not start {provider} for device {device!r} (driver, CUDA or cuDNN libraries "
+                "missing?); it would have run on the CPU. Fix the GPU setup, or ask for device='cpu'"
+            )
+        self.device = kind
+        self.inputs = [
+            GraphInput(i.name, tuple(d if isinstance(d, int) else None for d in i.shape), i.type)
+            for i in self.session.get_inputs()
+        ]
+        self._outputs = list(outputs)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        if self.io_device is not None:
+            logits, present = self._run_bound(feeds)
+        else:
+            logits, present = self.session.run(self._outputs, feeds)
+        return logits, present
+
+    def _run_bound(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run with I/O binding: inputs copied to the device once, the outputs allocated there."""
+        kind, index = self.io_device  # onnxruntime's device names are ours: cpu, cuda, dml
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, kind, index))
+        for name in self._outputs:
+            binding.bind_output(name, kind, index)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
