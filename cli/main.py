@@ -26,7 +26,7 @@ from qrr.export.standin import SHAPES
 from qrr.runtime.bench import WORKLOADS
 from qrr.runtime.errors import QrrError
 from qrr.runtime.prompt import DEFAULT_MAX_LENGTH
-from qrr.runtime.reranker import DEFAULT_BATCH_TOKENS
+from qrr.runtime.planner import DEFAULT_BATCH_TOKENS
 
 # qrr is installed from a clone (it is not on PyPI): extras are installed from the clone's folder
 EXPORT_EXTRA = ("this command needs the export extra (torch, transformers, onnx): in the qrr clone run "

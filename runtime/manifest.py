@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError
+from .session import BACKENDS
 
 MANIFEST_NAME = "qrr.json"
 VALIDATION_NAME = "validation.json"
 # Bump when the meaning of a field changes; a runtime refuses manifests newer than it knows.
 # 2: the graph takes a shared past (past_key_values, present_length) for prefix reuse.
 FORMAT_VERSION = 2
-FORMATS = ("onnx", "openvino")
+FORMATS = tuple(BACKENDS)  # the formats a backend reads
 REQUIRED = (
     "format_version",
     "format",
@@ -67,7 +68,7 @@ def load_manifest(folder: str | Path) -> dict[str, Any]:
     if version > FORMAT_VERSION:
         raise ArtifactError(
             f"{folder} was made by a newer qrr (manifest version {version}, this qrr {qrr_version()} reads up to "
-            f"{FORMAT_VERSION}); upgrade qrr: pip install -U qrr"
+            f"{FORMAT_VERSION}); upgrade qrr (git pull in the qrr clone, then pip install -e .)"
         )
     if version < FORMAT_VERSION:
         raise ArtifactError(

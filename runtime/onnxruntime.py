@@ -18,7 +18,7 @@ PROVIDERS = {
     "cpu": ("CPUExecutionProvider", None),
     "cuda": (
         "CUDAExecutionProvider",
-        "pip install 'qrr[gpu]' && pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu "
+        "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu "
         "(both ship the module onnxruntime: keep only the GPU one)",
     ),
     "dml": ("DmlExecutionProvider", "pip uninstall -y onnxruntime && pip install onnxruntime-directml"),

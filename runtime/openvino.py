@@ -18,7 +18,7 @@ import numpy as np
 from .errors import ArtifactError, DeviceError, InputError, first_line
 from .session import GraphInput
 
-EXTRA = "OpenVINO artifacts need the openvino extra: pip install 'qrr[openvino]'"
+EXTRA = "OpenVINO artifacts need the openvino extra: pip install -e '.[openvino]' in the qrr clone (or pip install openvino)"
 # What an artifact gets when its manifest names no compile properties (an fp32 graph computed in fp32).
 DEFAULT_PROPERTIES = {
     "INFERENCE_PRECISION_HINT": "f32",
