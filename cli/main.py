@@ -204,8 +204,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
         from qrr.server import ServerConfig, create_app
-    except ImportError:
-        raise QrrError(SERVER_EXTRA) from None
+    except ImportError as exc:
+        raise QrrError(f"{SERVER_EXTRA} ({exc.name or exc} is missing)") from None
     from qrr.runtime import Reranker
 
     rr = Reranker(args.artifact, device=args.device, threads=args.threads, max_length=args.max_length)
