@@ -38,7 +38,7 @@ def test_parse_device(device, available, expected):
 
 @pytest.mark.parametrize(
     "device, install",
-    [("cuda", "onnxruntime-gpu"), ("cuda:0", "qrr[gpu]"), ("dml", "onnxruntime-directml")],
+    [("cuda", "onnxruntime-gpu"), ("cuda:0", "pip uninstall -y onnxruntime onnxruntime-gpu"), ("dml", "onnxruntime-directml")],
 )
 def test_missing_provider_names_what_to_install(device, install):
     with pytest.raises(DeviceError) as e:

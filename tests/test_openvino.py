@@ -148,7 +148,7 @@ def test_missing_extra_is_named(ov_fp32, monkeypatch):
         return real_import(name, globals, locals, fromlist, level)
 
     monkeypatch.setattr(builtins, "__import__", no_openvino)
-    with pytest.raises(ArtifactError, match=r"qrr\[openvino\]"):
+    with pytest.raises(ArtifactError, match=r"pip install -e '\.\[openvino\]' in the qrr clone"):
         Reranker(ov_fp32)
 
 
