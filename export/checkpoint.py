@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qrr.runtime.errors import QrrError, first_line
+from qrr.runtime.manifest import read_json_object
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
@@ -60,10 +60,7 @@ def read_config(path: Path) -> dict[str, Any]:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{path} has no config.json: not a Hugging Face checkpoint folder")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{config_file} is not valid JSON ({exc})") from None
+    config = read_json_object(config_file, CheckpointError, "fix or re-download the checkpoint")
     model_type = config.get("model_type")
     architectures = config.get("architectures") or ["Qwen3ForCausalLM"]
     if model_type != "qwen3" or "Qwen3ForCausalLM" not in architectures:

@@ -56,12 +56,7 @@ def load_manifest(folder: str | Path) -> dict[str, Any]:
     path = folder / MANIFEST_NAME
     if not path.is_file():
         raise ArtifactError(f"{folder} is not a qrr artifact: it has no {MANIFEST_NAME} (make one with qrr-export)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path} is corrupted ({exc}); re-export the artifact") from None
-    if not isinstance(manifest, dict):
-        raise ArtifactError(f"{path} is corrupted (not a JSON object); re-export the artifact")
+    manifest = read_json_object(path, ArtifactError, "re-export the artifact")
     version = manifest.get("format_version")
     if not isinstance(version, int):
         raise ArtifactError(f"{path} has no valid format_version; re-export the artifact")
@@ -85,6 +80,17 @@ def load_manifest(folder: str | Path) -> dict[str, Any]:
         )
     check_files(folder, manifest["files"])
     return manifest
+
+
+def read_json_object(path: Path, error: type[Exception], fix: str) -> dict[str, Any]:
+    """The JSON object in `path`; anything else is one `error` that says how to `fix` it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{path} is corrupted ({exc}); {fix}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path} is corrupted (not a JSON object); {fix}")
+    return data
 
 
 def check_files(folder: Path, files: dict[str, int]) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import ArtifactError, DeviceError, InputError, first_line
-from .session import GraphInput
+from .session import GraphInput, SessionSpec
 
 # device kind → (execution provider, how to install it)
 PROVIDERS = {
@@ -55,16 +55,8 @@ class OnnxRuntimeSession:
     `properties` and `hint` are OpenVINO's: onnxruntime takes neither.
     """
 
-    def __init__(
-        self,
-        model_file: Path,
-        device: str,
-        threads: int,
-        *,
-        outputs: Sequence[str],
-        properties: dict[str, str] | None = None,
-        hint: str = "latency",
-    ) -> None:
+    def __init__(self, model_file: Path, spec: SessionSpec) -> None:
+        device, threads, outputs = spec.device, spec.threads, spec.outputs
         kind, index = parse_device(device, ort.get_available_providers())
         provider = PROVIDERS[kind][0]
         so = ort.SessionOptions()

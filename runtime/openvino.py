@@ -9,14 +9,13 @@ measurement), and reported back in `OpenVinoSession.properties`.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import ArtifactError, DeviceError, InputError, first_line
-from .session import GraphInput
+from .session import GraphInput, SessionSpec
 
 EXTRA = "OpenVINO artifacts need the openvino extra: pip install -e '.[openvino]' in the qrr clone (or pip install openvino)"
 # What an artifact gets when its manifest names no compile properties (an fp32 graph computed in fp32).
@@ -54,16 +53,8 @@ def _graph_input(port) -> GraphInput:
 class OpenVinoSession:
     """`model_file` compiled for `device`, with the manifest's compile `properties` and a performance `hint`."""
 
-    def __init__(
-        self,
-        model_file: Path,
-        device: str,
-        threads: int,
-        *,
-        outputs: Sequence[str],
-        properties: dict[str, str] | None = None,
-        hint: str = "latency",
-    ) -> None:
+    def __init__(self, model_file: Path, spec: SessionSpec) -> None:
+        device, threads, outputs, properties, hint = spec.device, spec.threads, spec.outputs, spec.properties, spec.hint
         try:
             import openvino as ov
         except ImportError:

@@ -13,7 +13,7 @@ from .errors import ArtifactError, InputError
 from .manifest import load_manifest
 from .planner import CHUNK_TOKENS, DEFAULT_BATCH_TOKENS, plan_batches, plan_prefixes
 from .prompt import PromptTokenizer, check_documents, check_text
-from .session import HINTS, open_session
+from .session import HINTS, SessionSpec, open_session
 
 
 @dataclass(frozen=True)
@@ -85,10 +85,8 @@ class Reranker:
         self.threads = threads or physical_cores()
         # a format's own manifest fields are under its name, e.g. "openvino": {"properties": {...}}
         properties = (m.get(m["format"]) or {}).get("properties")
-        self.session = open_session(
-            self.path / m["model_file"], m["format"], device, self.threads,
-            outputs=m["outputs"], properties=properties, hint=performance_hint,
-        )
+        spec = SessionSpec(device, self.threads, tuple(m["outputs"]), properties, performance_hint)
+        self.session = open_session(self.path / m["model_file"], m["format"], spec)
         self.device_kind = self.session.device
         inputs = {i.name: i for i in self.session.inputs}
         expected = list(m["inputs"])

@@ -43,25 +43,27 @@ class Session(Protocol):
         ...
 
 
-def open_session(
-    model_file: Path,
-    format: str,
-    device: str,
-    threads: int,
-    *,
-    outputs: Sequence[str],
-    properties: dict[str, str] | None = None,
-    hint: str = "latency",
-) -> Session:
-    """Open `model_file` with the backend of `format` on `device`.
+@dataclass(frozen=True)
+class SessionSpec:
+    """What a backend is asked for: where and how to run the graph.
 
     `outputs` are the graph's (score logits, present) output names, from the manifest; `properties` are the
     backend's compile properties, from the manifest; `hint` is a performance hint ('latency' or 'throughput').
     """
+
+    device: str
+    threads: int
+    outputs: tuple[str, ...]
+    properties: dict[str, str] | None = None
+    hint: str = "latency"
+
+
+def open_session(model_file: Path, format: str, spec: SessionSpec) -> Session:
+    """Open `model_file` with the backend of `format`, as `spec` asks."""
     if format not in BACKENDS:
         raise ArtifactError(
             f"{model_file}: no backend reads the format {format!r}; this runtime reads {', '.join(BACKENDS)} artifacts"
         )
     module, name = BACKENDS[format]
     backend = getattr(importlib.import_module(f".{module}", __package__), name)
-    return backend(model_file, device, threads, outputs=outputs, properties=properties, hint=hint)
+    return backend(model_file, spec)

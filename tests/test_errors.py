@@ -142,10 +142,10 @@ def test_older_manifest_version(artifact_copy):
 
 
 def test_session_table_refuses_an_unknown_format(tmp_path):
-    from qrr.runtime.session import BACKENDS, open_session
+    from qrr.runtime.session import BACKENDS, SessionSpec, open_session
 
     with pytest.raises(ArtifactError) as e:
-        open_session(tmp_path / "model.tflite", "tflite", "cpu", 1, outputs=["score_logit", "present"])
+        open_session(tmp_path / "model.tflite", "tflite", SessionSpec("cpu", 1, ("score_logit", "present")))
     assert "'tflite'" in one_line(e) and all(name in one_line(e) for name in BACKENDS)
 
 
