@@ -78,15 +78,23 @@ def make_standin(
     init_std: float = 0.02,
     outliers: float = 0.0,
     train_steps: int = 0,
+    outlier_kinds: dict[str, float] | None = None,
+    outlier_channels: int = 4,
+    massive: float = 0.0,
+    train_fraction: float = 1.0,
 ) -> Path:
     """Write a random-weight Qwen3 causal LM with a reranker's tokenizer to `out_dir`; returns the path.
 
     `tokenizer` is a folder holding a Qwen3 tokenizer.json (for instance the real one); without it a small
     generated one is used. The vocabulary of the model is the published size when the shape has one.
     `outliers` > 0 gives the model the activation outliers of real LLMs without changing its function
-    (see add_activation_outliers). `train_steps` > 0 first trains it briefly as a reranker on the built-in
-    evaluation pairs (see train_reranker), so that its scores spread like a real reranker's instead of
-    clustering in near-ties; tests of ranking agreement need that.
+    (see add_activation_outliers), at the norm-fed and MLP-intermediate channels; `outlier_kinds` names the
+    kinds and factors instead, e.g. {"value": 64, "down": 256}, in `outlier_channels` channels each.
+    `massive` > 0 gives a few tokens residual activations that many times the rest (add_massive_tokens), as
+    real Qwen models have at the first token and delimiters; that changes the function, so it is done before
+    training. `train_steps` > 0 trains it briefly as a reranker on the built-in evaluation pairs (a seeded
+    `train_fraction` of the queries: other members of a family see other text; see train_reranker), so that
+    its scores spread like a real reranker's instead of clustering in near-ties.
     """
     import torch
     from tokenizers import Tokenizer
@@ -119,10 +127,15 @@ def make_standin(
     )
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(config).eval()
+    if massive:
+        add_massive_tokens(model, tok, massive)
     if train_steps:
-        train_reranker(model, tok, train_steps, seed=seed)
+        train_reranker(model, tok, train_steps, seed=seed, fraction=train_fraction)
+    kinds = dict(outlier_kinds or {})
     if outliers:
-        add_activation_outliers(model, outliers)
+        kinds.update(norm=outliers, down=outliers)
+    for kind, factor in kinds.items():
+        add_activation_outliers(model, factor, channels=outlier_channels, kinds=(kind,))
     model.save_pretrained(out)
     if tokenizer is not None:  # the given tokenizer's files as they are, so transformers loads it as users do
         for name in TOKENIZER_FILES:
@@ -136,7 +149,8 @@ def make_standin(
     (out / "qrr-standin.json").write_text(
         json.dumps(
             {"shape": shape, "seed": seed, "init_std": init_std, "outliers": outliers, "train_steps": train_steps,
-             "tokenizer": str(tokenizer or "generated")},
+             "outlier_kinds": kinds, "outlier_channels": outlier_channels, "massive": massive,
+             "train_fraction": train_fraction, "tokenizer": str(tokenizer or "generated")},
             indent=2,
         )
     )
@@ -144,39 +158,115 @@ def make_standin(
 
 
 OUTLIER_CHANNELS = 4
+OUTLIER_KINDS = ("norm", "value", "down")
+# A family of stand-ins for the quantization sweep and tests: outliers of every kind of matmul input, at
+# factors 16–256 in a few or many channels, and token-wise massive activations; each trained on its own
+# share of the built-in pairs. Not the checkpoint any preset was tuned on.
+FAMILY: dict[str, dict[str, Any]] = {
+    "plain": dict(seed=21),
+    "norm-16x16": dict(seed=22, outlier_kinds={"norm": 16.0}, outlier_channels=16),
+    "norm-256x2": dict(seed=23, outlier_kinds={"norm": 256.0}, outlier_channels=2),
+    "value-64x4": dict(seed=24, outlier_kinds={"value": 64.0}, outlier_channels=4),
+    "value-256x16": dict(seed=25, outlier_kinds={"value": 256.0}, outlier_channels=16),
+    "down-128x4": dict(seed=26, outlier_kinds={"down": 128.0}, outlier_channels=4),
+    "massive-300": dict(seed=27, massive=300.0),
+    "mixed": dict(seed=28, outlier_kinds={"norm": 100.0, "value": 100.0, "down": 100.0}, massive=100.0),
+}
 
 
-def add_activation_outliers(model, factor: float, channels: int = OUTLIER_CHANNELS, seed: int = 1) -> list[int]:
-    """Function-preserving rescale that gives a few hidden channels activations `factor`× the rest.
+def make_family_member(out_dir: str | Path, name: str, *, shape: str = "tiny", train_steps: int = 60,
+                       tokenizer: str | Path | None = None) -> Path:
+    """The FAMILY member `name` at `shape`, trained `train_steps` steps on 70% of the built-in queries."""
+    if name not in FAMILY:
+        raise QrrError(f"unknown family member {name!r}; choose one of {', '.join(FAMILY)}")
+    return make_standin(out_dir, shape=shape, tokenizer=tokenizer, train_steps=train_steps, train_fraction=0.7,
+                        **FAMILY[name])
+
+
+def add_activation_outliers(
+    model, factor: float, channels: int = OUTLIER_CHANNELS, seed: int = 1, kinds: tuple[str, ...] = ("norm", "down")
+) -> dict[str, list[int]]:
+    """Function-preserving rescales that give a few channels of matmul inputs activations `factor`× the rest.
 
     Real LLMs have a handful of hidden channels whose activations are ~100× the median, in the same channels
-    across layers, and the weights reading those channels are small. Here, in every layer, the RMSNorm gain of
-    the chosen channels is multiplied by `factor` and the matching input columns of the projections that read
-    the norm's output (q/k/v, gate/up) are divided by it; likewise some intermediate channels of the MLP
-    (up_proj rows × factor, down_proj columns ÷ factor). The model computes the same function; only the
-    activations entering the linear layers, and the weights that meet them, change scale.
+    across layers, and the weights reading those channels are small. In every layer, by kind:
+      norm   the RMSNorm gains of the chosen hidden channels × factor, the input columns of the projections
+             reading the norms' output (q/k/v, gate/up) ÷ factor
+      value  the chosen value channels (v_proj rows) × factor, the o_proj input columns they feed ÷ factor
+             (attention is linear in V); a scale folded into a norm gain cannot reach them
+      down   the chosen MLP intermediate channels (up_proj rows) × factor, down_proj columns ÷ factor
+    The model computes the same function; only the activations entering the linear layers, and the weights
+    that meet them, change scale. Returns the channels chosen per kind.
     """
     import torch
 
+    unknown = set(kinds) - set(OUTLIER_KINDS)
+    if unknown:
+        raise QrrError(f"unknown outlier kinds {sorted(unknown)}; choose from {', '.join(OUTLIER_KINDS)}")
+    cfg = model.config
     gen = torch.Generator().manual_seed(seed)
-    hidden = model.config.hidden_size
-    picked = torch.randperm(hidden, generator=gen)[:channels]
-    inner = torch.randperm(model.config.intermediate_size, generator=gen)[:channels]
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    group = cfg.num_attention_heads // cfg.num_key_value_heads
+    picked = {
+        "norm": torch.randperm(cfg.hidden_size, generator=gen)[:channels],
+        "down": torch.randperm(cfg.intermediate_size, generator=gen)[:channels],
+        "value": torch.randperm(cfg.num_key_value_heads * head_dim, generator=gen)[:channels],
+    }
+    # o_proj input channel (query head h, d) reads value channel (h // group, d)
+    kv_of = torch.arange(cfg.num_attention_heads * head_dim)
+    kv_of = (kv_of // head_dim // group) * head_dim + kv_of % head_dim
     with torch.no_grad():
         for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            layer.input_layernorm.weight[picked] *= factor
-            for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
-                proj.weight[:, picked] /= factor
-            layer.post_attention_layernorm.weight[picked] *= factor
-            for proj in (mlp.gate_proj, mlp.up_proj):
-                proj.weight[:, picked] /= factor
-            mlp.up_proj.weight[inner, :] *= factor
-            mlp.down_proj.weight[:, inner] /= factor
-    return picked.tolist()
+            if "norm" in kinds:
+                ch = picked["norm"]
+                layer.input_layernorm.weight[ch] *= factor
+                layer.post_attention_layernorm.weight[ch] *= factor
+                for proj in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj):
+                    proj.weight[:, ch] /= factor
+            if "value" in kinds:
+                attn.v_proj.weight[picked["value"], :] *= factor
+                columns = torch.isin(kv_of, picked["value"])
+                attn.o_proj.weight[:, columns] /= factor
+            if "down" in kinds:
+                mlp.up_proj.weight[picked["down"], :] *= factor
+                mlp.down_proj.weight[:, picked["down"]] /= factor
+    return {kind: picked[kind].tolist() for kind in kinds}
 
 
-def train_reranker(model, tok, steps: int, *, seed: int = 0, batch: int = 16, lr: float = 2e-3) -> list[float]:
+def add_massive_tokens(model, tok, factor: float, channel: int | None = None) -> list[int]:
+    """Give the first token of the prompt and common delimiters residual activations `factor`× the rest.
+
+    Real Qwen models carry a few tokens (the first one, newlines, colons) whose residual stream holds values
+    100–1000× the others' in one fixed channel; after RMSNorm those tokens are spikes in that channel at every
+    q/k/v and gate/up input, and the MLP turns them into spikes at the down_proj input. Here the embedding
+    rows of those tokens get `factor` × the table's mean |value| in one channel that no other token uses, and
+    in every layer the gate/up columns reading that channel are scaled up so the spike reaches the MLP. Unlike
+    add_activation_outliers this changes the function: train afterwards. Returns the token ids.
+    """
+    import torch
+
+    ids = {tok.token_to_id("<|im_start|>")}
+    for text in ("\n", ":", ".", ">:"):
+        ids.update(tok.encode(text, add_special_tokens=False).ids[:1])
+    ids.discard(None)
+    table = model.model.embed_tokens.weight
+    channel = int(table.abs().mean(0).argmin()) if channel is None else channel
+    with torch.no_grad():
+        if model.config.tie_word_embeddings:  # the head keeps its rows: only the input side gets the spike
+            model.lm_head.weight = torch.nn.Parameter(table.detach().clone())
+            model.config.tie_word_embeddings = False
+        spike = factor * table.abs().mean()
+        table[:, channel] = 0.0  # the channel is the spike tokens' own, as in real models
+        table[sorted(ids), channel] = spike
+        for layer in model.model.layers:
+            for proj in (layer.mlp.gate_proj, layer.mlp.up_proj):
+                proj.weight[:, channel] *= 16.0
+    return sorted(ids)
+
+
+def train_reranker(model, tok, steps: int, *, seed: int = 0, batch: int = 16, lr: float = 2e-3,
+                   fraction: float = 1.0) -> list[float]:
     """Train the model briefly on the built-in pairs: P(yes) of the model card's prompt vs label > 0.
 
     The loss is the recipe's own score, softplus on ±(logit_yes − logit_no) at the last token, so the
@@ -186,7 +276,9 @@ def train_reranker(model, tok, steps: int, *, seed: int = 0, batch: int = 16, lr
 
     import torch
 
-    rows = [(q, d, float((label or 0) > 0)) for q in load_queries() for d, label in zip(q.documents, q.labels)]
+    pick_query = random.Random(seed + 1000)
+    queries = [q for q in load_queries() if fraction >= 1.0 or pick_query.random() < fraction]
+    rows = [(q, d, float((label or 0) > 0)) for q in queries for d, label in zip(q.documents, q.labels)]
     prefix = tok.encode(PREFIX, add_special_tokens=False).ids
     suffix = tok.encode(SUFFIX, add_special_tokens=False).ids
     yes, no = tok.token_to_id("yes"), tok.token_to_id("no")
