@@ -9,6 +9,9 @@ where a linear layer's input comes from an element-wise scale it can absorb:
 - q/k/v projections read RMSNorm(x) · g            → divide g, multiply their input columns
 - gate/up projections read RMSNorm(x) · g           → likewise with post_attention_layernorm
 - down projection reads act(gate) · up               → divide up's rows, multiply down's input columns
+- o projection reads attention · V, linear in V      → divide v_proj's rows, multiply o_proj's input columns
+  (with grouped-query attention one value channel feeds the o_proj column of every query head of its group,
+  so the scale is one per value channel)
 
 With X' = X / s and W' = W · s the product is unchanged. SmoothQuant picks s_j = max|X_j|^α / max|W_j|^(1-α)
 (activations flat enough for int8 per block); AWQ picks s_j = mean|X_j|^α with α searched per site for the
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-SITES = ("attn", "mlp", "down")
+SITES = ("attn", "mlp", "down", "vo")
 
 
 @dataclass
@@ -40,7 +43,31 @@ def _site_modules(layer):
         "attn": (attn.q_proj, [attn.q_proj, attn.k_proj, attn.v_proj]),
         "mlp": (mlp.gate_proj, [mlp.gate_proj, mlp.up_proj]),
         "down": (mlp.down_proj, [mlp.down_proj]),
+        "vo": (attn.o_proj, [attn.o_proj]),
     }
+
+
+def _value_channel(layer) -> torch.Tensor:
+    """For each o_proj input channel (query head h, d), the value channel (h // group, d) it reads."""
+    attn = layer.self_attn
+    head_dim = attn.head_dim
+    group = attn.o_proj.in_features // attn.v_proj.out_features
+    och = torch.arange(attn.o_proj.in_features)
+    return (och // head_dim // group) * head_dim + och % head_dim
+
+
+def _per_site(layer, site: str, per_input: torch.Tensor, reduce: str = "amax") -> torch.Tensor:
+    """A per-input-channel statistic of the site as one value per scale: o_proj's grouped to value channels."""
+    if site != "vo":
+        return per_input
+    index = _value_channel(layer)
+    out = torch.zeros(layer.self_attn.v_proj.out_features, dtype=per_input.dtype)
+    return out.scatter_reduce(0, index, per_input, reduce=reduce, include_self=False)
+
+
+def _expand(layer, site: str, scale: torch.Tensor) -> torch.Tensor:
+    """A site's scales as one per input channel of its readers."""
+    return scale[_value_channel(layer)] if site == "vo" else scale
 
 
 @torch.no_grad()
@@ -98,10 +125,12 @@ def fold(layer, site: str, scale: torch.Tensor) -> None:
         layer.post_attention_layernorm.weight.div_(scale)
     elif site == "down":
         mlp.up_proj.weight.div_(scale[:, None])
+    elif site == "vo":
+        layer.self_attn.v_proj.weight.div_(scale[:, None])
     else:
         raise ValueError(f"unknown site {site!r}")
     for proj in _site_modules(layer)[site][1]:
-        proj.weight.mul_(scale[None, :])
+        proj.weight.mul_(_expand(layer, site, scale)[None, :])
 
 
 def fake_quant(weight: torch.Tensor, bits: int, block: int, symmetric: bool) -> torch.Tensor:
@@ -124,38 +153,43 @@ def fake_quant(weight: torch.Tensor, bits: int, block: int, symmetric: bool) -> 
 
 
 @torch.no_grad()
-def smoothquant(model, stats: list[dict[str, SiteStats]], alpha: float = 0.5) -> dict:
-    """SmoothQuant scales at every site; flattens activation outliers before int8 activation quantization."""
+def smoothquant(model, stats: list[dict[str, SiteStats]], alpha: float = 0.5, sites: tuple[str, ...] = SITES) -> dict:
+    """SmoothQuant scales at `sites`; flattens activation outliers before int8 activation quantization."""
     for layer, layer_stats in zip(model.model.layers, stats):
-        for site, st in layer_stats.items():
+        for site in sites:
             readers = _site_modules(layer)[site][1]
-            wmax = torch.stack([p.weight.abs().amax(0) for p in readers]).amax(0).clamp(min=1e-8)
-            s = (st.absmax.clamp(min=1e-8) ** alpha / wmax ** (1 - alpha)).clamp(min=1e-4)
-            fold(layer, site, s)
-    return {"method": "smoothquant", "alpha": alpha}
+            wmax = _per_site(layer, site, torch.stack([p.weight.abs().amax(0) for p in readers]).amax(0)).clamp(min=1e-8)
+            xmax = _per_site(layer, site, layer_stats[site].absmax).clamp(min=1e-8)
+            fold(layer, site, (xmax**alpha / wmax ** (1 - alpha)).clamp(min=1e-4))
+    return {"method": "smoothquant", "alpha": alpha, "sites": list(sites)}
 
 
 @torch.no_grad()
 def awq(model, stats: list[dict[str, SiteStats]], *, bits: int = 4, block: int = 32, symmetric: bool = False,
-        grid: int = 11) -> dict:
-    """AWQ-style scales: s = mean|x|^α, α per site from a grid, chosen by the output error after quantization."""
+        grid: int = 11, sites: tuple[str, ...] = SITES) -> dict:
+    """AWQ-style scales at `sites`: s = mean|x|^α, α per site from a grid, chosen by the output error once the
+    weights are quantized."""
     chosen = []
     for layer, layer_stats in zip(model.model.layers, stats):
-        for site, st in layer_stats.items():
+        for site in sites:
+            st = layer_stats[site]
             readers = _site_modules(layer)[site][1]
             x = st.sample
             reference = [x @ p.weight.T.float() for p in readers]
+            mean = _per_site(layer, site, st.absmean, reduce="mean").clamp(min=1e-8)
             best = (float("inf"), 0.0, None)
             for k in range(grid):
                 alpha = k / (grid - 1)
-                s = st.absmean.clamp(min=1e-8) ** alpha
+                s = mean**alpha
                 s = s / (s.max() * s.min()).sqrt()  # centre the scales around 1
+                wide = _expand(layer, site, s)
                 err = 0.0
                 for p, ref in zip(readers, reference):
-                    wq = fake_quant(p.weight.float() * s[None, :], bits, block, symmetric)
-                    err += ((x / s) @ wq.T - ref).pow(2).mean().item()
+                    wq = fake_quant(p.weight.float() * wide[None, :], bits, block, symmetric)
+                    err += ((x / wide) @ wq.T - ref).pow(2).mean().item()
                 if err < best[0]:
                     best = (err, alpha, s)
             fold(layer, site, best[2])
             chosen.append(best[1])
-    return {"method": "awq", "bits": bits, "block_size": block, "alpha_mean": sum(chosen) / len(chosen)}
+    return {"method": "awq", "bits": bits, "block_size": block, "alpha_mean": sum(chosen) / len(chosen),
+            "sites": list(sites)}
