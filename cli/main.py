@@ -18,6 +18,7 @@ from qrr.export.presets import (
     BLOCK_SIZES,
     DEFAULT_MAX_DROP,
     FORMATS,
+    KERNELS,
     METHODS,
     PRECISIONS,
     PRESETS,
@@ -71,6 +72,13 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accuracy-level", type=int, choices=ACCURACY_LEVELS, default=None,
                    help="ONNX int8/int4 only: 0 = float activations, 4 = int8 activations and VNNI kernels "
                         "(default: per precision, README)")
+    p.add_argument("--kernel", choices=KERNELS, default=None,
+                   help="ONNX int8 only: rowwise = int8 activations per token on the integer GEMM (fast, scores "
+                        "independent of the batch), matmulnbits = MatMulNBits blocks (default: "
+                        f"{PRESETS['int8'].kernel})")
+    p.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=None,
+                   help="int8/int4 only: rotate the residual stream before quantizing, function-preserving "
+                        "(default: per precision, README)")
     p.add_argument("--calibration", type=Path, default=None,
                    help="pairs (JSON Lines) for smoothquant/awq statistics (default: the built-in set)")
     p.add_argument("--max-drop", type=_positive_float, default=None,
@@ -94,14 +102,16 @@ def _export(args: argparse.Namespace) -> int:
     options = dict(
         quant=args.quant, max_length=args.max_length, validate=not args.no_validate, max_drop=args.max_drop,
         data=args.data, revision=args.revision, method=args.method, block_size=args.block_size,
-        calibration=args.calibration, progress=Progress(enabled=not args.quiet),
+        rotate=args.rotate, calibration=args.calibration, progress=Progress(enabled=not args.quiet),
     )
     if args.format == "openvino":
-        if args.accuracy_level is not None:
-            raise QrrError("--accuracy-level is onnxruntime's MatMulNBits setting; OpenVINO artifacts do not take it")
+        for flag, value in (("--accuracy-level", args.accuracy_level), ("--kernel", args.kernel)):
+            if value is not None:
+                raise QrrError(f"{flag} is an onnxruntime setting; OpenVINO artifacts do not take it")
         run = lambda: export_openvino(args.source, args.output, **options)  # noqa: E731
     else:
-        run = lambda: export_onnx(args.source, args.output, accuracy_level=args.accuracy_level, **options)  # noqa: E731
+        run = lambda: export_onnx(args.source, args.output, accuracy_level=args.accuracy_level,  # noqa: E731
+                                  kernel=args.kernel, **options)
     try:
         run()
     except ImportError as exc:  # torch, transformers or onnx missing or broken

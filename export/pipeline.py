@@ -61,10 +61,18 @@ def load_folded(
     """The checkpoint in fp32, with the preset's activation-aware scales folded in; and what was folded."""
     with progress.step("loading the checkpoint in fp32"):
         model = load_model(src.checkpoint, attn_implementation="eager")
-    if preset is None or not preset.scaling:
+    if preset is None or not (preset.scaling or preset.rotate):
         return model, None
-    with progress.step(f"calibrating {preset.method} scales"):
-        return model, fold_scales(model, src.tokenizer, preset, calibration, max_length)
+    folded: dict[str, Any] = {}
+    if preset.rotate:
+        from qrr.quant.rotate import rotate
+
+        with progress.step("rotating the residual stream and the values"):
+            folded["rotation"] = rotate(model)
+    if preset.scaling:
+        with progress.step(f"calibrating {preset.method} scales"):
+            folded.update(fold_scales(model, src.tokenizer, preset, calibration, max_length))
+    return model, folded
 
 
 def fold_scales(model, tokenizer, preset: Preset, calibration: str | Path | None, max_length: int) -> dict[str, Any]:
@@ -83,9 +91,10 @@ def fold_scales(model, tokenizer, preset: Preset, calibration: str | Path | None
         batches.append({"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]})
     stats = smooth.collect_stats(model, batches)
     if preset.method == "smoothquant":
-        info = smooth.smoothquant(model, stats)
+        info = smooth.smoothquant(model, stats, sites=preset.sites)
     else:
-        info = smooth.awq(model, stats, bits=preset.bits, block=preset.block_size, symmetric=preset.symmetric)
+        info = smooth.awq(model, stats, bits=preset.bits, block=preset.block_size, symmetric=preset.symmetric,
+                          sites=preset.sites)
     info["calibration"] = {"data": "built-in" if calibration is None else str(calibration), "pairs": len(pairs)}
     return info
 

@@ -19,6 +19,8 @@ METHODS = ("smoothquant", "awq", "rtn", "hqq")
 SCALING_METHODS = ("smoothquant", "awq")  # fold activation-aware scales, from calibration pairs
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 ACCURACY_LEVELS = (0, 4)  # onnxruntime MatMulNBits: 0 float activations, 4 int8 activations (VNNI)
+KERNELS = ("rowwise", "matmulnbits")  # int8 per row × per column (integer GEMM), or MatMulNBits blocks
+SITES = ("attn", "mlp", "down", "vo")  # where activation-aware scales are folded (qrr.quant.smooth)
 CALIBRATION_PAIRS = 64
 # Largest allowed |ΔP(yes)| of any evaluation pair against the reference, per precision (README, "Validation").
 DEFAULT_MAX_DROP = {"fp32": 1e-3, "fp16": 0.01, "int8": 0.03, "int4": 0.1}
@@ -29,22 +31,41 @@ class Preset:
     """How the linear layers and the embedding of one precision are quantized (README, "Quantization")."""
 
     bits: int
-    block_size: int
+    block_size: int  # MatMulNBits weights per scale (the rowwise kernel has one scale per column)
     symmetric: bool
-    accuracy_level: int
+    accuracy_level: int  # MatMulNBits only
     embedding_bits: int
     method: str
+    kernel: str = "matmulnbits"
+    rotate: bool = False  # rotate the residual stream and the values first (qrr.quant.rotate)
+    sites: tuple[str, ...] = SITES
+    embedding_block: int | None = 32  # None: one scale per embedding row
 
     def with_overrides(
-        self, *, method: str | None = None, block_size: int | None = None, accuracy_level: int | None = None
+        self,
+        *,
+        method: str | None = None,
+        block_size: int | None = None,
+        accuracy_level: int | None = None,
+        kernel: str | None = None,
+        rotate: bool | None = None,
     ) -> Preset:
         """This preset with the user's overrides, each checked against its choices."""
         for name, value, choices in (("method", method, METHODS), ("block size", block_size, BLOCK_SIZES),
-                                     ("accuracy level", accuracy_level, ACCURACY_LEVELS)):
+                                     ("accuracy level", accuracy_level, ACCURACY_LEVELS), ("kernel", kernel, KERNELS)):
             if value is not None and value not in choices:
                 raise QrrError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, choices))}")
-        changes = {"method": method, "block_size": block_size, "accuracy_level": accuracy_level}
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        changes = {"method": method, "block_size": block_size, "accuracy_level": accuracy_level, "kernel": kernel,
+                   "rotate": rotate}
+        preset = dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        if preset.kernel == "rowwise":
+            if preset.bits != 8:
+                raise QrrError("the rowwise kernel is 8-bit; int4 runs on matmulnbits")
+            if block_size is not None or accuracy_level is not None:
+                raise QrrError("block size and accuracy level are MatMulNBits settings; add --kernel matmulnbits")
+            if preset.method == "hqq":
+                raise QrrError("hqq is a 4-bit rounding; the rowwise kernel rounds to nearest")
+        return preset
 
     @property
     def scaling(self) -> bool:
@@ -52,9 +73,12 @@ class Preset:
         return self.method in SCALING_METHODS
 
 
+# Chosen by measurement over the stand-in family (benchmarks/quant_sweep.py, README "Quantization").
 PRESETS = {
-    "int8": Preset(bits=8, block_size=32, symmetric=True, accuracy_level=4, embedding_bits=8, method="smoothquant"),
-    "int4": Preset(bits=4, block_size=32, symmetric=False, accuracy_level=4, embedding_bits=4, method="awq"),
+    "int8": Preset(bits=8, block_size=32, symmetric=True, accuracy_level=4, embedding_bits=8, method="smoothquant",
+                   kernel="rowwise", rotate=True),
+    "int4": Preset(bits=4, block_size=32, symmetric=False, accuracy_level=4, embedding_bits=4, method="awq",
+                   rotate=True),
 }
 
 
@@ -72,14 +96,19 @@ def preset_for(
     method: str | None = None,
     block_size: int | None = None,
     accuracy_level: int | None = None,
+    kernel: str | None = None,
+    rotate: bool | None = None,
     calibration: object = None,
 ) -> Preset | None:
     """The quantization preset of `precision` with overrides; None for fp32/fp16, which take none."""
     if precision not in PRESETS:
-        if method is not None or block_size is not None or accuracy_level is not None or calibration is not None:
-            raise QrrError(f"method, block size, accuracy level and calibration apply to int8 and int4, not {precision}")
+        given = (method, block_size, accuracy_level, kernel, rotate, calibration)
+        if any(value is not None for value in given):
+            raise QrrError(f"method, block size, accuracy level, kernel, rotation and calibration apply to int8 and "
+                           f"int4, not {precision}")
         return None
-    preset = PRESETS[precision].with_overrides(method=method, block_size=block_size, accuracy_level=accuracy_level)
+    preset = PRESETS[precision].with_overrides(method=method, block_size=block_size, accuracy_level=accuracy_level,
+                                               kernel=kernel, rotate=rotate)
     if calibration is not None and not preset.scaling:
         raise QrrError(f"calibration pairs feed awq and smoothquant; method {preset.method} uses none")
     return preset

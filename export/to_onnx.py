@@ -12,7 +12,7 @@ from qrr.runtime.prompt import DEFAULT_MAX_LENGTH
 
 from .graph import OPSET, trace
 from .pipeline import artifact_folder, check_options, finish, load_folded, open_source, write_artifact
-from .presets import precision_of, preset_for
+from .presets import Preset, precision_of, preset_for
 from .progress import Progress
 
 MODEL_FILE = "model.onnx"
@@ -24,7 +24,7 @@ FP16_SCHEME = {
 }
 # onnxruntime's fusions that the saved graph may hold on Qwen3, by fused op (README, "The artifact")
 FUSED_OPS = ("SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "RotaryEmbedding", "FusedMatMul",
-             "MatMulNBits", "GatherBlockQuantized")
+             "MatMulNBits", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "GatherBlockQuantized")
 
 
 def export_onnx(
@@ -40,22 +40,27 @@ def export_onnx(
     method: str | None = None,
     block_size: int | None = None,
     accuracy_level: int | None = None,
+    kernel: str | None = None,
+    rotate: bool | None = None,
     calibration: str | Path | None = None,
+    preset: Preset | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Export `source` (a checkpoint folder or hub id) into the ONNX artifact folder `out_dir`.
 
     `quant` is fp32, fp16 (a GPU body), int8 or int4; int8 and int4 take their settings from
     qrr.export.presets.PRESETS, which `method`, `block_size` and `accuracy_level` override, and `calibration`
-    (JSON Lines pairs, default: the built-in set) feeds the activation-aware methods.
+    (JSON Lines pairs, default: the built-in set) feeds the activation-aware methods; `kernel` and `rotate`
+    override the int8 kernel and the rotation. `preset` replaces the precision's preset whole (sweeps).
 
     Returns the manifest. With `validate`, runs the built-in evaluation (or `data`) against the model card's
     fp32 recipe, stores validation.json, and raises ValidationError when max |ΔP| exceeds `max_drop`.
     """
     progress = progress or Progress()
     precision = precision_of(quant)
-    preset = preset_for(precision, method=method, block_size=block_size, accuracy_level=accuracy_level,
-                        calibration=calibration)
+    if preset is None:
+        preset = preset_for(precision, method=method, block_size=block_size, accuracy_level=accuracy_level,
+                            kernel=kernel, rotate=rotate, calibration=calibration)
     out = check_options(out_dir, max_length)
     src = open_source(source, revision, progress)
     with artifact_folder(out):
@@ -75,11 +80,12 @@ def export_onnx(
                 from qrr.quant import quantize_weights
 
                 rounding = "hqq" if preset.method == "hqq" else "rtn"
-                with progress.step(f"quantizing to {precision} ({preset.block_size}-blocks, {preset.method})"):
+                with progress.step(f"quantizing to {precision} ({preset.kernel}, {preset.method})"):
                     scheme = quantize_weights(
                         traced, out / MODEL_FILE, bits=preset.bits, block_size=preset.block_size,
                         symmetric=preset.symmetric, accuracy_level=preset.accuracy_level,
-                        embedding_bits=preset.embedding_bits, method=rounding,
+                        embedding_bits=preset.embedding_bits, embedding_block=preset.embedding_block,
+                        method=rounding, kernel=preset.kernel,
                     )
                     files = [MODEL_FILE, MODEL_FILE + ".data"]
                 scheme.update(method=preset.method, smoothing=smoothing)

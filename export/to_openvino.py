@@ -18,7 +18,7 @@ from qrr.runtime.prompt import DEFAULT_MAX_LENGTH
 
 from .graph import trace
 from .pipeline import artifact_folder, check_options, finish, load_folded, open_source, write_artifact
-from .presets import OPENVINO_PRECISIONS, precision_of, preset_for
+from .presets import OPENVINO_PRECISIONS, Preset, precision_of, preset_for
 from .progress import Progress
 
 MODEL_FILE = "model.xml"
@@ -38,7 +38,9 @@ def export_openvino(
     revision: str | None = None,
     method: str | None = None,
     block_size: int | None = None,
+    rotate: bool | None = None,
     calibration: str | Path | None = None,
+    preset: Preset | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Export `source` into the OpenVINO artifact folder `out_dir`; the arguments are export_onnx's.
@@ -50,7 +52,8 @@ def export_openvino(
     precision = precision_of(quant)
     if precision not in OPENVINO_PRECISIONS:
         raise QrrError(f"--quant {quant} is an ONNX option; OpenVINO artifacts take {', '.join(OPENVINO_PRECISIONS)}")
-    preset = preset_for(precision, method=method, block_size=block_size, calibration=calibration)
+    if preset is None:
+        preset = preset_for(precision, method=method, block_size=block_size, rotate=rotate, calibration=calibration)
     missing = [name for name in ("openvino", "nncf") if importlib.util.find_spec(name) is None]
     if missing:
         raise QrrError(f"--format openvino needs {' and '.join(missing)}: {EXTRA}")

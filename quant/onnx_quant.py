@@ -1,11 +1,16 @@
-"""Weight-only quantization of an exported scoring graph (onnxruntime MatMulNBits).
+"""Quantization of an exported scoring graph's weights and, where the kernel takes them, its activations.
 
-Every MatMul of the body becomes MatMulNBits with `bits`-bit weights in blocks along the input dimension.
-`accuracy_level` 0 keeps activations in float inside the kernel; 4 quantizes them to int8 per block and runs
-the VNNI integer kernels, which is accurate only once activation outliers have been smoothed away
-(qrr.quant.smooth). The embedding table becomes int8 rows with one fp32 scale each (Gather → Cast → Mul,
-plain ONNX) or, at 4 bits, onnxruntime's GatherBlockQuantized. The one-row score head and the final dot
-product stay fp32: the quantizers only touch 2-D constant weights and the head direction is 1-D.
+Two kernels for the linear layers (every MatMul with a constant weight):
+- rowwise (int8): onnxruntime's integer GEMM, MatMulIntegerToFloat, with int8 weights per output column and
+  int8 activations with one scale per row (token), computed in the graph: a row's result never depends on
+  its batch neighbours. Accurate once activation outliers are gone (qrr.quant.rotate, qrr.quant.smooth).
+- matmulnbits (int4, and int8 on request): MatMulNBits with `bits`-bit weights in blocks along the input
+  dimension; `accuracy_level` 0 keeps activations in float inside the kernel, 4 quantizes them to int8 per
+  block.
+The embedding table becomes onnxruntime's GatherBlockQuantized (4 or 8 bits in blocks, so no row's
+largest element decides its other elements' precision), or int8 rows with one scale each. The one-row
+score head and the final dot product stay fp32: the quantizers only touch 2-D constant weights and the
+head direction is 1-D.
 """
 
 from __future__ import annotations
@@ -21,11 +26,14 @@ from onnx import helper, numpy_helper
 from qrr.runtime.errors import QrrError
 
 
-EMBEDDING_BLOCK = 32  # 4-bit embedding rows: one scale and zero point per 32 values
+EMBEDDING_BLOCK = 32  # embedding rows in blocks: one scale and zero point per 32 values
 
 
 class QuantizationError(QrrError):
     """The graph could not be quantized as asked."""
+
+
+KERNELS = ("rowwise", "matmulnbits")
 
 
 def quantize_weights(
@@ -37,17 +45,22 @@ def quantize_weights(
     symmetric: bool,
     accuracy_level: int,
     embedding_bits: int | None,
+    embedding_block: int | None = EMBEDDING_BLOCK,
     method: str = "rtn",
+    kernel: str = "matmulnbits",
 ) -> dict[str, Any]:
-    """Quantize `src` (a float scoring graph) into `dst`; returns the scheme for the manifest."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import (
-        DefaultWeightOnlyQuantConfig,
-        HQQWeightOnlyQuantConfig,
-        MatMulNBitsQuantizer,
-    )
+    """Quantize `src` (a float scoring graph) into `dst`; returns the scheme for the manifest.
 
+    kernel "rowwise": int8 per row × int8 per column on the integer GEMM (quantize_rowwise_int8; 8 bits only).
+    kernel "matmulnbits": `bits`-bit weights in blocks of `block_size` (MatMulNBits), activations per
+    `accuracy_level`. The embedding: `embedding_bits` in blocks of `embedding_block`, or per row when None.
+    """
+    if kernel not in KERNELS:
+        raise QuantizationError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
     if bits not in (4, 8):
         raise QuantizationError(f"bits must be 4 or 8, got {bits}")
+    if kernel == "rowwise" and (bits != 8 or method != "rtn"):
+        raise QuantizationError("the rowwise kernel is 8-bit round-to-nearest; use matmulnbits for 4 bits or hqq")
     if block_size < 16 or block_size & (block_size - 1):
         raise QuantizationError(f"block_size must be a power of two of at least 16, got {block_size}")
     if accuracy_level not in (0, 1, 2, 3, 4):
@@ -55,6 +68,30 @@ def quantize_weights(
     if embedding_bits not in (None, 4, 8):
         raise QuantizationError(f"embedding_bits must be 4, 8 or None, got {embedding_bits}")
     model = onnx.load(str(src))
+    if kernel == "rowwise":
+        linear = quantize_rowwise_int8(model)
+    else:
+        linear = quantize_nbits(model, bits=bits, block_size=block_size, symmetric=symmetric,
+                                accuracy_level=accuracy_level, method=method)
+        model = linear.pop("model")
+    scheme: dict[str, Any] = {"linear": linear, "embedding": None, "head": "fp32"}
+    if embedding_bits == 4 or (embedding_bits == 8 and embedding_block):
+        scheme["embedding"] = quantize_embedding_blocks(model, embedding_block or EMBEDDING_BLOCK, bits=embedding_bits)
+    elif embedding_bits == 8:
+        scheme["embedding"] = quantize_embedding_rows(model)
+    save_model(model, Path(dst))
+    return scheme
+
+
+def quantize_nbits(model: onnx.ModelProto, *, bits: int, block_size: int, symmetric: bool, accuracy_level: int,
+                   method: str) -> dict[str, Any]:
+    """Every MatMul with a constant weight → MatMulNBits; returns the scheme, with the new model under "model"."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        HQQWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
     if method == "hqq":
         if bits != 4:
@@ -79,27 +116,18 @@ def quantize_weights(
                 node.attribute.append(helper.make_attribute("accuracy_level", accuracy_level))
     quantized = sum(1 for n in model.graph.node if n.op_type == "MatMulNBits")
     if quantized == 0:
-        raise QuantizationError(f"{src} has no MatMul with a constant 2-D weight to quantize")
-    scheme: dict[str, Any] = {
-        "linear": {
-            "op": "MatMulNBits",
-            "bits": bits,
-            "block_size": block_size,
-            "symmetric": symmetric if method == "rtn" else False,
-            "rounding": method,
-            "accuracy_level": accuracy_level,
-            "activations": "int8 per block (VNNI kernels)" if accuracy_level == 4 else "float",
-            "count": quantized,
-        },
-        "embedding": None,
-        "head": "fp32",
+        raise QuantizationError("the graph has no MatMul with a constant 2-D weight to quantize")
+    return {
+        "model": model,
+        "op": "MatMulNBits",
+        "bits": bits,
+        "block_size": block_size,
+        "symmetric": symmetric if method == "rtn" else False,
+        "rounding": method,
+        "accuracy_level": accuracy_level,
+        "activations": "int8 per block (VNNI kernels)" if accuracy_level == 4 else "float",
+        "count": quantized,
     }
-    if embedding_bits == 8:
-        scheme["embedding"] = quantize_embedding_rows(model)
-    elif embedding_bits == 4:
-        scheme["embedding"] = quantize_embedding_blocks(model, EMBEDDING_BLOCK)
-    save_model(model, Path(dst))
-    return scheme
 
 
 def _embedding_gather(graph) -> onnx.NodeProto:
@@ -142,14 +170,19 @@ def quantize_embedding_rows(model: onnx.ModelProto) -> dict[str, Any]:
     return {"op": "Gather+Mul", "bits": 8, "granularity": "per-row", "symmetric": True, "rows": int(table.shape[0])}
 
 
-def quantize_embedding_blocks(model: onnx.ModelProto, block_size: int) -> dict[str, Any]:
-    """Replace the embedding Gather by onnxruntime's GatherBlockQuantized: 4-bit, blocks along the row.
+def quantize_embedding_blocks(model: onnx.ModelProto, block_size: int, bits: int = 4) -> dict[str, Any]:
+    """Replace the embedding Gather by onnxruntime's GatherBlockQuantized: `bits` (4 or 8), blocks along the row.
 
-    The same numbers as onnxruntime's own Gather quantizer (tests/test_quant.py checks they are equal), which
-    cannot be used here: it stores ONNX INT4 tensors and so raises the model to opset 21, which breaks the
-    opset-17 ops the TorchScript exporter writes (ReduceMean with an axes attribute). This packs the same
-    4-bit values two to a uint8, which GatherBlockQuantized reads at any opset.
+    Asymmetric, one scale and zero point per block of `block_size`, the range stretched to include 0: so no
+    row's largest element decides the precision of its other blocks. At 4 bits the numbers are those of
+    onnxruntime's own Gather quantizer (tests/test_quant.py checks they are equal), which cannot be used
+    here: it stores ONNX INT4 tensors and so raises the model to opset 21, which breaks the opset-17 ops
+    the TorchScript exporter writes (ReduceMean with an axes attribute). This packs 4-bit values two to a
+    uint8, which GatherBlockQuantized reads at any opset; 8-bit values are plain uint8 (onnxruntime's
+    kernel takes no int8 data).
     """
+    if bits not in (4, 8):
+        raise QuantizationError(f"embedding bits must be 4 or 8, got {bits}")
     graph = model.graph
     node = _embedding_gather(graph)
     init = next(t for t in graph.initializer if t.name == node.input[0])
@@ -157,39 +190,109 @@ def quantize_embedding_blocks(model: onnx.ModelProto, block_size: int) -> dict[s
     rows, cols = table.shape
     if cols % block_size:
         raise QuantizationError(f"embedding width ({cols}) is not a multiple of the block size ({block_size})")
+    top = 2**bits - 1
     blocks = table.reshape(rows, cols // block_size, block_size)
-    lo, hi = np.minimum(blocks.min(-1), 0), np.maximum(blocks.max(-1), 0)  # 0 in range: zero point in [0, 15]
-    scale = np.maximum((hi - lo) / 15.0, 1e-12).astype(np.float32)
-    zero = np.clip(np.rint(-lo / scale), 0, 15).astype(np.uint8)
-    q = np.clip(np.rint(blocks / scale[..., None]) + zero[..., None], 0, 15).astype(np.uint8).reshape(rows, cols)
-    packed = (q[:, 0::2] | (q[:, 1::2] << 4)).astype(np.uint8)
+    lo, hi = np.minimum(blocks.min(-1), 0), np.maximum(blocks.max(-1), 0)  # 0 in range: zero point in [0, top]
+    scale = np.maximum((hi - lo) / top, 1e-12).astype(np.float32)
+    zero = np.clip(np.rint(-lo / scale), 0, top).astype(np.uint8)
+    q = np.clip(np.rint(blocks / scale[..., None]) + zero[..., None], 0, top).astype(np.uint8).reshape(rows, cols)
     zp = zero.reshape(rows, -1)
-    zp = np.pad(zp, ((0, 0), (0, zp.shape[1] % 2)))
-    zp_packed = (zp[:, 0::2] | (zp[:, 1::2] << 4)).astype(np.uint8)
+    if bits == 4:
+        q = (q[:, 0::2] | (q[:, 1::2] << 4)).astype(np.uint8)
+        zp = np.pad(zp, ((0, 0), (0, zp.shape[1] % 2)))
+        zp = (zp[:, 0::2] | (zp[:, 1::2] << 4)).astype(np.uint8)
     base = node.input[0]
     graph.initializer.remove(init)
     graph.initializer.extend(
         [
-            numpy_helper.from_array(packed, f"{base}_q4"),
+            numpy_helper.from_array(q, f"{base}_q{bits}"),
             numpy_helper.from_array(scale, f"{base}_scales"),
-            numpy_helper.from_array(zp_packed, f"{base}_zp4"),
+            numpy_helper.from_array(zp, f"{base}_zp{bits}"),
         ]
     )
     new = helper.make_node(
         "GatherBlockQuantized",
-        [f"{base}_q4", node.input[1], f"{base}_scales", f"{base}_zp4"],
+        [f"{base}_q{bits}", node.input[1], f"{base}_scales", f"{base}_zp{bits}"],
         [node.output[0]],
-        name=f"{node.name}_q4",
+        name=f"{node.name}_q{bits}",
         domain="com.microsoft",
         gather_axis=0,
         quantize_axis=1,
         block_size=block_size,
-        bits=4,
+        bits=bits,
     )
     _replace(graph, node, [new])
+    _use_contrib_ops(model)
+    return {"op": "GatherBlockQuantized", "bits": bits, "block_size": block_size, "symmetric": False, "rows": rows}
+
+
+def quantize_rowwise_int8(model: onnx.ModelProto) -> dict[str, Any]:
+    """Every MatMul with a constant 2-D weight → int8 activations with one scale per row (token) × int8
+    weights with one scale per output column, on onnxruntime's integer GEMM (MatMulIntegerToFloat).
+
+    A row's scale is max|x| of that row / 127, so a row's result never depends on the other rows of the
+    batch (which per-tensor scales, as in quantize_dynamic, do). The values are stored as uint8 around a
+    zero point of 128: onnxruntime's u8×s8 kernels are the fast ones. Inputs read by several layers (q/k/v,
+    gate/up) are quantized once. Outliers must be gone first (rotation, smoothing): one scale spans a row.
+    """
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    targets = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2]
+    if not targets:
+        raise QuantizationError("the graph has no MatMul with a constant 2-D weight to quantize")
+    consts = {
+        "rq_tiny": np.array(1e-30, dtype=np.float32), "rq_qmax": np.array(127.0, dtype=np.float32),
+        "rq_zp": np.array(128, dtype=np.uint8), "rq_flat": np.array([-1], dtype=np.int64),
+        "rq_zero": np.array([0], dtype=np.int64), "rq_last": np.array([-1], dtype=np.int64),
+    }
+    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+    quantized: dict[str, tuple[str, str, str, str]] = {}  # input → (x_q, row scales, output shape prefix)
+    for index, node in enumerate(targets):
+        x, weight = node.input[0], inits[node.input[1]]
+        w = numpy_helper.to_array(weight).astype(np.float32)  # [K, N]
+        k, n = w.shape
+        w_scale = np.maximum(np.abs(w).max(axis=0) / 127.0, 1e-30).astype(np.float32)
+        w_q = np.clip(np.rint(w / w_scale), -127, 127).astype(np.int8)
+        graph.initializer.remove(weight)
+        p = f"rq{index}"
+        graph.initializer.extend([numpy_helper.from_array(w_q, f"{p}_w_q"), numpy_helper.from_array(w_scale, f"{p}_w_s"),
+                                  numpy_helper.from_array(np.array([-1, k], dtype=np.int64), f"{p}_k_shape"),
+                                  numpy_helper.from_array(np.array([n], dtype=np.int64), f"{p}_n")])
+        new = []
+        if x not in quantized:
+            q = f"rqx{len(quantized)}"
+            new += [
+                helper.make_node("Reshape", [x, f"{p}_k_shape"], [f"{q}_2d"], name=f"{q}_reshape"),
+                helper.make_node("Abs", [f"{q}_2d"], [f"{q}_abs"], name=f"{q}_abs"),
+                helper.make_node("ReduceMax", [f"{q}_abs"], [f"{q}_max"], name=f"{q}_max", axes=[-1], keepdims=1),
+                helper.make_node("Max", [f"{q}_max", "rq_tiny"], [f"{q}_max1"], name=f"{q}_guard"),
+                helper.make_node("Div", [f"{q}_max1", "rq_qmax"], [f"{q}_s"], name=f"{q}_scale"),  # [M, 1]
+                helper.make_node("Reshape", [f"{q}_s", "rq_flat"], [f"{q}_s1"], name=f"{q}_scale_1d"),
+                helper.make_node("Shape", [f"{q}_s1"], [f"{q}_m"], name=f"{q}_rows"),
+                helper.make_node("Expand", ["rq_zp", f"{q}_m"], [f"{q}_zp"], name=f"{q}_zero_points"),
+                helper.make_node("QuantizeLinear", [f"{q}_2d", f"{q}_s1", f"{q}_zp"], [f"{q}_q"], name=f"{q}_quantize",
+                                 axis=0),
+                helper.make_node("Shape", [x], [f"{q}_shape"], name=f"{q}_shape"),
+                helper.make_node("Slice", [f"{q}_shape", "rq_zero", "rq_last"], [f"{q}_lead"], name=f"{q}_lead"),
+            ]
+            quantized[x] = (f"{q}_q", f"{q}_s", f"{q}_lead")
+        x_q, rows, lead = quantized[x]
+        out = node.output[0]
+        new += [
+            helper.make_node("MatMulIntegerToFloat", [x_q, f"{p}_w_q", rows, f"{p}_w_s", "rq_zp"], [f"{p}_y2d"],
+                             name=f"{p}_gemm", domain="com.microsoft"),
+            helper.make_node("Concat", [lead, f"{p}_n"], [f"{p}_shape"], name=f"{p}_shape", axis=0),
+            helper.make_node("Reshape", [f"{p}_y2d", f"{p}_shape"], [out], name=f"{p}_reshape"),
+        ]
+        _replace(graph, node, new)
+    _use_contrib_ops(model)
+    return {"op": "MatMulIntegerToFloat", "bits": 8, "weights": "int8 per output column, symmetric",
+            "activations": "int8 per row (token), symmetric, computed in the graph", "count": len(targets)}
+
+
+def _use_contrib_ops(model: onnx.ModelProto) -> None:
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return {"op": "GatherBlockQuantized", "bits": 4, "block_size": block_size, "symmetric": False, "rows": rows}
 
 
 def _replace(graph, node, new_nodes) -> None:

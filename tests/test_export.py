@@ -52,18 +52,21 @@ def test_graph_outputs_one_logit_per_sequence(fp32_artifact):
 def test_int8_graph_keeps_the_head_in_fp32(int8_artifact):
     m = load_manifest(int8_artifact)
     assert m["precision"] == "int8"
-    assert m["quantization"]["linear"]["op"] == "MatMulNBits" and m["quantization"]["linear"]["bits"] == 8
+    assert m["quantization"]["linear"]["op"] == "MatMulIntegerToFloat" and m["quantization"]["linear"]["bits"] == 8
     model = onnx.load(str(int8_artifact / "model.onnx"))
     ops = [n.op_type for n in model.graph.node]
-    assert "MatMulNBits" in ops
+    assert "MatMulIntegerToFloat" in ops
     inits = {t.name: t for t in model.graph.initializer}
     # no float MatMul keeps a constant weight; the score head is Mul + ReduceSum with a 1-D fp32 direction
     assert not [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
     heads = [n for n in model.graph.node if n.op_type == "Mul" and "direction" in n.input]
     assert len(heads) == 1 and inits["direction"].data_type == onnx.TensorProto.FLOAT
     assert len(inits["direction"].dims) == 1
-    embedding = [t for t in model.graph.initializer if t.name.endswith("_int8")]
-    assert len(embedding) == 1 and embedding[0].data_type == onnx.TensorProto.INT8
+    # the embedding: 8-bit values in blocks of 32, each block with its own scale
+    gather = [n for n in model.graph.node if n.op_type == "GatherBlockQuantized"]
+    assert len(gather) == 1 and {a.name: a.i for a in gather[0].attribute}["bits"] == 8
+    table, scales = inits[gather[0].input[0]], inits[gather[0].input[2]]
+    assert table.data_type == onnx.TensorProto.UINT8 and list(scales.dims) == [table.dims[0], table.dims[1] // 32]
 
 
 def test_int8_artifact_is_smaller(fp32_artifact, int8_artifact):

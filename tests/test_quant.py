@@ -66,7 +66,8 @@ def test_plain_rounding_is_worse_than_smoothing_on_outliers(trained, tmp_path):
     drift = {}
     for method in ("rtn", "smoothquant"):
         out = tmp_path / method
-        export_onnx(str(trained), out, quant="int8", method=method, accuracy_level=0, validate=False, progress=QUIET)
+        export_onnx(str(trained), out, quant="int8", method=method, kernel="matmulnbits", accuracy_level=0,
+                    rotate=False, validate=False, progress=QUIET)
         drift[method] = validate_artifact(out, str(trained), max_drop=1.0)["metrics"]["mean_abs_dp"]
     assert drift["smoothquant"] < drift["rtn"]
 
@@ -144,3 +145,71 @@ def test_int4_embedding_equals_onnxruntimes_own_gather_quantizer():
     np.testing.assert_array_equal(got, theirs)
     assert np.abs(got[7] - table[7]).max() < 0.2  # the one-sign block is not clipped
     assert np.abs(got[3] - table[3])[32:].max() < np.abs(got[3] - table[3])[:32].max()
+
+
+def test_rotation_preserves_the_function(trained):
+    """The rotated scoring module gives the unrotated one's P(yes) within 1e-5, whatever the seed."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from qrr.export.graph import ScoringModule
+    from qrr.quant.rotate import hadamard, rotate
+
+    model = AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32, attn_implementation="eager").eval()
+    ids = torch.randint(0, 400, (3, 24))
+    mask = torch.ones_like(ids)
+    mask[1, 20:] = 0
+    past = torch.zeros(model.config.num_hidden_layers, 2, model.config.num_key_value_heads, 0, 16)
+    keep = torch.tensor(0)
+    with torch.no_grad():
+        before = torch.sigmoid(ScoringModule(model, 5, 6)(ids, mask, past, keep)[0])
+        for seed, values in ((0, False), (7, True)):
+            rotated = copy.deepcopy(model)
+            info = rotate(rotated, seed=seed, values=values)
+            after = torch.sigmoid(ScoringModule(rotated, 5, 6)(ids, mask, past, keep)[0])
+            torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
+            assert all(torch.equal(layer.input_layernorm.weight, torch.ones(64)) for layer in rotated.model.layers)
+            assert "Hadamard" in info["residual"]
+    for n in (64, 48):  # a power of two, and not
+        q = hadamard(n, seed=3)
+        torch.testing.assert_close(q @ q.T, torch.eye(n, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_smoothing_the_values_preserves_the_function(trained):
+    """A scale per value channel, folded into v_proj rows and the o_proj columns of every query head of its
+    group (grouped-query attention), leaves the logits unchanged."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32).eval()
+    ids = torch.randint(0, 400, (2, 20))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        gen = torch.Generator().manual_seed(1)
+        for layer in model.model.layers:
+            fold(layer, "vo", torch.rand(layer.self_attn.v_proj.out_features, generator=gen) * 10 + 0.1)
+        after = model(input_ids=ids).logits
+    torch.testing.assert_close(before, after, atol=1e-4, rtol=1e-4)
+
+
+def test_rowwise_int8_graph_and_neighbour_independence(int8_artifact):
+    """The default int8 artifact runs the integer GEMM with per-row scales: a pair's score is the same alone,
+    in a batch, in another order and in another batch plan (fp32 rounding of the attention sums aside)."""
+    import numpy as np
+
+    from qrr.runtime import Reranker
+    from conftest import DOCS, QUERY
+
+    m = load_manifest(int8_artifact)
+    assert m["quantization"]["linear"]["op"] == "MatMulIntegerToFloat"
+    assert m["quantization"]["embedding"]["op"] == "GatherBlockQuantized" and m["quantization"]["embedding"]["bits"] == 8
+    ops = [n.op_type for n in onnx.load(str(int8_artifact / "model.onnx"), load_external_data=False).graph.node]
+    assert "MatMulNBits" not in ops and "DynamicQuantizeLinear" not in ops and ops.count("MatMulIntegerToFloat") == 14
+    docs = [d for d in DOCS if d]
+    together = np.array(Reranker(int8_artifact).score(QUERY, docs))
+    alone = np.array([Reranker(int8_artifact).score(QUERY, [d])[0] for d in docs])
+    small = Reranker(int8_artifact, batch_tokens=16)
+    order = np.random.default_rng(0).permutation(len(docs))
+    shuffled = np.empty(len(docs))
+    shuffled[order] = small.score(QUERY, [docs[i] for i in order])
+    assert np.abs(together - alone).max() < 1e-6 and np.abs(together - shuffled).max() < 1e-6
