@@ -1,103 +1,98 @@
-"""Sweep quantization schemes on stand-in checkpoints (with and without activation outliers) and print the
-accuracy of each against the PyTorch reference, plus disk size and speed. Used to choose the presets.
+"""The quantization sweep over the stand-in family: every member × every scheme, against the PyTorch reference.
 
-    python benchmarks/quant_sweep.py --shape small --out out/sweep
+The family (qrr.export.standin.FAMILY) has activation outliers at every kind of matmul input (norm-fed
+channels, value channels, MLP intermediate channels) at factors 16–256, token-wise massive activations, and
+a plain member; each is trained briefly as a reranker on its own share of the built-in pairs. The schemes
+are the presets and the alternatives they were chosen against. Every member's figures are printed and
+written (the presets must pass the default gates and the quantization targets on every member).
+
+    python benchmarks/quant_sweep.py --out benchmarks/results            # tiny shape, all members, all schemes
+    python benchmarks/quant_sweep.py --members value-256x16 --schemes int8 int8-matmulnbits
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
 from pathlib import Path
 
-from common import ensure_standin
+from common import save
 
-# ("int8", "dynamic", 0, 0): onnxruntime's quantize_dynamic, per-channel int8 weights and per-tensor dynamic
-# int8 activations (MatMulInteger) — what a plain `optimum-cli`/onnxruntime int8 export gives; measured here only.
-VARIANTS = [
-    ("int8", "dynamic", 0, 0),
-    ("int8", "rtn", 32, 0), ("int8", "rtn", 32, 4), ("int8", "smoothquant", 32, 0), ("int8", "smoothquant", 32, 4),
-    ("int4", "rtn", 32, 0), ("int4", "hqq", 32, 0), ("int4", "awq", 32, 0), ("int4", "awq", 32, 4),
-    ("int4", "awq", 128, 4),
-]
+TARGETS = {  # the quantization targets (README, "Quantization")
+    "int8": {"max_abs_dp": 0.02, "spearman_mean": 0.99, "top1_agreement": 0.95},
+    "int4": {"spearman_mean": 0.97, "top1_agreement": 0.90},
+}
 
 
-def dynamic_int8(ckpt: Path, art: Path) -> None:
-    """An fp32 artifact whose graph is then run through onnxruntime's quantize_dynamic (per-channel weights)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def schemes() -> dict[str, tuple[str, object]]:
+    """name → (precision, Preset): the presets and the alternatives."""
+    from qrr.export.presets import PRESETS
 
-    from qrr.export import export_onnx
-    from qrr.export.progress import Progress
-    from qrr.runtime.manifest import file_sizes
+    int8, int4 = PRESETS["int8"], PRESETS["int4"]
+    previous = dataclasses.replace(int8, kernel="matmulnbits", rotate=False, sites=("attn", "mlp", "down"),
+                                   embedding_block=None)
+    return {
+        "int8": ("int8", int8),
+        "int8-no-rotation": ("int8", dataclasses.replace(int8, rotate=not int8.rotate)),
+        "int8-norm-sites-only": ("int8", dataclasses.replace(int8, sites=("attn", "mlp", "down"))),
+        "int8-matmulnbits": ("int8", dataclasses.replace(int8, kernel="matmulnbits")),
+        "int8-previous": ("int8", previous),
+        "int4": ("int4", int4),
+        "int4-previous": ("int4", dataclasses.replace(int4, rotate=False, sites=("attn", "mlp", "down"))),
+    }
 
-    export_onnx(str(ckpt), art, quant="fp32", validate=False, progress=Progress(enabled=False))
-    import onnx
 
-    tmp = art / "dynamic.onnx"
-    # the score head is Mul + ReduceSum, which quantize_dynamic leaves in fp32
-    quantize_dynamic(art / "model.onnx", tmp, weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul"], use_external_data_format=True)
-    for name in ("model.onnx", "model.onnx.data"):
-        (art / name).unlink()
-    from qrr.quant import save_model
-
-    save_model(onnx.load(str(tmp)), art / "model.onnx")
-    for extra in art.iterdir():
-        if extra.name not in ("model.onnx", "model.onnx.data", "tokenizer.json", "qrr.json"):
-            extra.unlink()
-    manifest = json.loads((art / "qrr.json").read_text())
-    manifest["precision"] = "int8"
-    manifest["files"] = file_sizes(art, ["model.onnx", "model.onnx.data", "tokenizer.json"])
-    (art / "qrr.json").write_text(json.dumps(manifest))
+def passes(precision: str, metrics: dict) -> bool:
+    return all(metrics[k] <= v if k == "max_abs_dp" else metrics[k] >= v for k, v in TARGETS[precision].items())
 
 
 def main(argv: list[str] | None = None) -> int:
+    from qrr.export.standin import FAMILY
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", default="small")
-    parser.add_argument("--outliers", type=float, nargs="+", default=[0.0, 100.0])
-    parser.add_argument("--tokenizer", type=Path, default=None)
-    parser.add_argument("--train-steps", type=int, default=300, help="brief reranker training of the stand-in")
+    parser.add_argument("--shape", default="tiny")
+    parser.add_argument("--members", nargs="+", choices=list(FAMILY), default=list(FAMILY))
+    parser.add_argument("--schemes", nargs="+", default=None, help="names from the scheme table (default: all)")
+    parser.add_argument("--train-steps", type=int, default=60)
     parser.add_argument("--data", type=Path, default=None, help="evaluation pairs (default: built-in set)")
+    parser.add_argument("--work", type=Path, default=Path("out/sweep"), help="where the stand-ins are kept")
     parser.add_argument("--out", type=Path, default=Path("out/sweep"))
-    parser.add_argument("--only", nargs="*", default=None, help="variants as PREC:METHOD:BLOCK:LEVEL")
     args = parser.parse_args(argv)
 
     from qrr.export import export_onnx, validate_artifact
     from qrr.export.progress import Progress
+    from qrr.export.standin import make_family_member
 
-    variants = VARIANTS
-    if args.only:
-        variants = [(p, m, int(b), int(lv)) for p, m, b, lv in (v.split(":") for v in args.only)]
-    args.out.mkdir(parents=True, exist_ok=True)
+    table = schemes()
+    chosen = args.schemes or list(table)
+    unknown = [s for s in chosen if s not in table]
+    if unknown:
+        parser.error(f"unknown schemes {unknown}; choose from {', '.join(table)}")
     rows = []
-    for outliers in args.outliers:
-        ckpt = args.out / f"standin-{args.shape}-outliers{outliers:g}"
-        ensure_standin(ckpt, shape=args.shape, tokenizer=args.tokenizer, outliers=outliers, train_steps=args.train_steps)
-        for quant, method, block, level in [("fp32", None, None, None), *variants]:
-            art = args.out / f"a-{args.shape}-o{outliers:g}-{quant}-{method}-{block}-{level}"
+    for member in args.members:
+        ckpt = args.work / f"family-{args.shape}-{member}"
+        if not (ckpt / "config.json").is_file():
+            make_family_member(ckpt, member, shape=args.shape, train_steps=args.train_steps)
+        for name in chosen:
+            precision, preset = table[name]
+            art = args.work / f"a-{member}-{name}"
             shutil.rmtree(art, ignore_errors=True)
-            if method == "dynamic":
-                dynamic_int8(ckpt, art)
-            else:
-                export_onnx(str(ckpt), art, quant=quant, method=method, block_size=block, accuracy_level=level,
-                            validate=False, progress=Progress(enabled=False))
-            r = validate_artifact(art, str(ckpt), data=args.data, max_drop=1.0)
-            m = r["metrics"]
-            size = sum(json.loads((art / "qrr.json").read_text())["files"].values())
-            row = {"outliers": outliers, "quant": quant, "method": method, "block": block, "level": level,
-                   "max_abs_dp": m["max_abs_dp"], "mean_abs_dp": m["mean_abs_dp"], "spearman": m["spearman_mean"],
-                   "top1": m["top1_agreement"], "ms_per_pair": r["latency"]["artifact"]["ms_per_pair"], "bytes": size}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            export_onnx(str(ckpt), art, quant=precision, preset=preset, validate=False, progress=Progress(enabled=False))
+            report = validate_artifact(art, str(ckpt), data=args.data, max_drop=1.0, write=False)
+            m = report["metrics"]
+            rows.append({"member": member, "scheme": name, "precision": precision, "preset": dataclasses.asdict(preset),
+                         "max_abs_dp": m["max_abs_dp"], "mean_abs_dp": m["mean_abs_dp"], "spearman": m["spearman_mean"],
+                         "top1": m["top1_agreement"], "passes": passes(precision, m),
+                         "ms_per_pair": report["latency"]["artifact"]["ms_per_pair"]})
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "preset"}), flush=True)
             shutil.rmtree(art, ignore_errors=True)
-    (args.out / f"sweep-{args.shape}.json").write_text(json.dumps(rows, indent=2))
-    print("| outliers | quant | method | block | level | max \|ΔP\| | mean \|ΔP\| | Spearman | top-1 | ms/pair | MiB |")
-    print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for r in rows:
-        print(f"| {r['outliers']:g} | {r['quant']} | {r['method']} | {r['block']} | {r['level']} | {r['max_abs_dp']:.3g} "
-              f"| {r['mean_abs_dp']:.3g} | {r['spearman']:.4f} | {r['top1']:.0%} | {r['ms_per_pair']:.2f} | {r['bytes'] / 2**20:.1f} |")
+    header = ["member", "scheme", "max |ΔP|", "mean |ΔP|", "Spearman", "top-1", "targets"]
+    save(args.out, f"quant_sweep_{args.shape}", {"family": {m: FAMILY[m] for m in args.members}, "rows": rows}, header,
+         [[r["member"], r["scheme"], f"{r['max_abs_dp']:.4f}", f"{r['mean_abs_dp']:.4f}", f"{r['spearman']:.4f}",
+           f"{r['top1']:.0%}", "pass" if r["passes"] else "MISS"] for r in rows])
     return 0
 
 
