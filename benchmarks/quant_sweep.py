@@ -36,12 +36,14 @@ def schemes() -> dict[str, tuple[str, object]]:
                                    embedding_block=None)
     return {
         "int8": ("int8", int8),
-        "int8-no-rotation": ("int8", dataclasses.replace(int8, rotate=not int8.rotate)),
-        "int8-norm-sites-only": ("int8", dataclasses.replace(int8, sites=("attn", "mlp", "down"))),
+        "int8-no-rotation": ("int8", dataclasses.replace(int8, rotate=False, sites=("attn", "mlp", "down", "vo"))),
+        "int8-all-sites": ("int8", dataclasses.replace(int8, sites=("attn", "mlp", "down", "vo"))),
         "int8-matmulnbits": ("int8", dataclasses.replace(int8, kernel="matmulnbits")),
         "int8-previous": ("int8", previous),
         "int4": ("int4", int4),
         "int4-previous": ("int4", dataclasses.replace(int4, rotate=False, sites=("attn", "mlp", "down"))),
+        "int4-all-sites": ("int4", dataclasses.replace(int4, sites=("attn", "mlp", "down", "vo"))),
+        "int4-embedding8": ("int4", dataclasses.replace(int4, embedding_bits=8)),
     }
 
 

@@ -16,7 +16,8 @@ Peer models are made outside this process (their exporters pin their own transfo
 by flag, see benchmarks/peers.md. Each engine scores every workload once after a short warm-up;
 it prints pairs/s, ms/pair, the process's peak RSS while the engine was loaded and scoring (cumulative: what
 earlier engines left resident counts too) and its growth over the engine, the ratio to the recipe and
-the share of the GEMM peak measured at the start, and writes throughput.json, throughput.md and
+the share of the fp32 (torch) and int8 (onnxruntime DynamicQuantizeMatMul) GEMM peaks measured at the start,
+and writes throughput.json, throughput.md and
 throughput.png.
 
 Work per pair is counted as the Qwen3 body's FLOPs on the pair's full prompt (2 × weights × tokens plus
@@ -40,8 +41,10 @@ Pair = tuple[str, str]
 Scorer = Callable[[Sequence[Pair]], Sequence[float]]
 
 ENGINES = ["recipe", "recipe-keep1", "optimum-fp32", "optimum-int8", "genai-fp32", "genai-int8", "llamacpp-q8_0",
-           "qrr-onnx-fp32", "qrr-onnx-int8", "qrr-onnx-int4", "qrr-openvino-fp32", "qrr-openvino-int8",
-           "qrr-openvino-int4"]
+           "qrr-onnx-fp32", "qrr-onnx-int8", "qrr-onnx-int8nbits", "qrr-onnx-int4", "qrr-openvino-fp32",
+           "qrr-openvino-int8", "qrr-openvino-int4"]
+# qrr artifacts other than a precision's preset: the name's last part → (precision, export options)
+VARIANTS = {"int8nbits": ("int8", {"kernel": "matmulnbits"})}  # the previous int8 kernel, MatMulNBits blocks of 32
 
 
 def gemm_peak_gflops(threads: int) -> float:
@@ -58,6 +61,22 @@ def gemm_peak_gflops(threads: int) -> float:
         a @ b
         best = min(best, time.perf_counter() - start)
     return 2 * 1024 * 1024 * 3072 / best / 1e9
+
+
+def int8_gemm_peak_gflops(threads: int, rows: int = 4096) -> float:
+    """Best int8 GEMM rate of onnxruntime here: DynamicQuantizeMatMul (quantize_dynamic's op, one activation
+    scale per tensor, the fastest integer kernel measured by kernels.py) on a 1024×3072 layer, `rows` rows."""
+    import numpy as np
+
+    import kernels
+
+    kernels.THREADS = threads
+    w = np.random.default_rng(0).standard_normal((1024, 3072)).astype(np.float32) * 0.02
+    x = np.random.default_rng(1).standard_normal((rows, 1024)).astype(np.float32)
+    times, _, failed = kernels.time_interleaved({"dqmm": kernels.session(kernels.dqmm(w))}, x, 3072, 10)
+    if failed:
+        raise RuntimeError(f"DynamicQuantizeMatMul did not run: {failed}")
+    return 2 * rows * 1024 * 3072 / (min(times["dqmm"]) / 1000) / 1e9
 
 
 def body_flops(config: dict, tokens: int) -> float:
@@ -85,11 +104,12 @@ def load_recipe(args, keep: int | None) -> Scorer:
 def prepare_qrr(args, name: str) -> None:
     """Export the artifact an engine needs, before anything is measured."""
     _, fmt, precision = name.split("-")
+    precision, options = VARIANTS.get(precision, (precision, {}))
     import importlib.util
 
     if fmt == "openvino" and importlib.util.find_spec("openvino") is None:
         raise Skip("openvino is not installed (pip install -e '.[openvino]' in the qrr clone)")
-    ensure_artifact(args.checkpoint, args.work / name, format=fmt, precision=precision)
+    ensure_artifact(args.checkpoint, args.work / name, format=fmt, precision=precision, **options)
     gc.collect()
 
 
@@ -157,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     work = {w: sum(body_flops(config, fixed + count(pair_text(q, d))) for q, d in pairs)
             for w, pairs in workloads.items()}
     peak = gemm_peak_gflops(args.threads)
-    print(f"GEMM peak {peak:.0f} GFLOP/s on {args.threads} threads", flush=True)
+    peak8 = int8_gemm_peak_gflops(args.threads)
+    print(f"GEMM peak {peak:.0f} GFLOP/s fp32 (torch), {peak8:.0f} int8 (onnxruntime) on {args.threads} threads",
+          flush=True)
 
     for name in args.engines:
         if name.startswith("qrr-"):
@@ -197,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         for w, t in results.items():
             row["workloads"][w] = {"pairs": t.pairs, "seconds": t.best_s, "pairs_per_s": t.pairs_per_s,
                                    "ms_per_pair": t.ms_per_pair, "gflops": work[w] / t.best_s / 1e9,
-                                   "peak_share": work[w] / t.best_s / 1e9 / peak}
+                                   "peak_share": work[w] / t.best_s / 1e9 / peak,
+                                   "int8_peak_share": work[w] / t.best_s / 1e9 / peak8}
         rows.append(row)
 
     base = next((r for r in rows if r["engine"] == "recipe" and "workloads" in r), None)
@@ -205,18 +228,20 @@ def main(argv: list[str] | None = None) -> int:
         for w, v in r.get("workloads", {}).items():
             v["vs_recipe"] = v["pairs_per_s"] / base["workloads"][w]["pairs_per_s"] if base else None
     result = {"checkpoint": str(args.checkpoint), "threads": args.threads, "gemm_peak_gflops": peak,
+              "int8_gemm_peak_gflops": peak8,
               "workloads": {w: WORKLOADS[w] for w in workloads}, "rows": rows}
-    header = ["engine", "workload", "pairs/s", "ms/pair", "vs recipe", "GEMM peak share", "process peak RSS MiB",
-              "RSS growth MiB"]
+    header = ["engine", "workload", "pairs/s", "ms/pair", "vs recipe", "fp32 GEMM peak share", "int8 GEMM peak share",
+              "process peak RSS MiB", "RSS growth MiB"]
     table = []
     for r in rows:
         if "skipped" in r:
-            table.append([r["engine"], "—", "skipped: " + r["skipped"], "", "", "", "", ""])
+            table.append([r["engine"], "—", "skipped: " + r["skipped"], "", "", "", "", "", ""])
             continue
         for w, v in r["workloads"].items():
             ratio = f"{v['vs_recipe']:.2f}x" if v["vs_recipe"] else "—"
             table.append([r["engine"], w, f"{v['pairs_per_s']:.2f}", f"{v['ms_per_pair']:.0f}", ratio,
-                          f"{100 * v['peak_share']:.0f}%", f"{r['peak_rss_mib']:.0f}", f"{r['rss_growth_mib']:.0f}"])
+                          f"{100 * v['peak_share']:.0f}%", f"{100 * v['int8_peak_share']:.0f}%",
+                          f"{r['peak_rss_mib']:.0f}", f"{r['rss_growth_mib']:.0f}"])
     save(args.out, "throughput", result, header, table)
     chart(rows, list(workloads), args.out / "throughput.png")
     return 0

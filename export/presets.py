@@ -75,10 +75,11 @@ class Preset:
 
 # Chosen by measurement over the stand-in family (benchmarks/quant_sweep.py, README "Quantization").
 PRESETS = {
+    # rotation takes the outliers out of the inputs fed by the residual stream; scales cover the two outside it
     "int8": Preset(bits=8, block_size=32, symmetric=True, accuracy_level=4, embedding_bits=8, method="smoothquant",
-                   kernel="rowwise", rotate=True),
+                   kernel="rowwise", rotate=True, sites=("down", "vo")),
     "int4": Preset(bits=4, block_size=32, symmetric=False, accuracy_level=4, embedding_bits=4, method="awq",
-                   rotate=True),
+                   rotate=True, sites=("down", "vo")),
 }
 
 
