@@ -24,6 +24,7 @@ from qrr.runtime.manifest import MANIFEST_NAME, VALIDATION_NAME, load_manifest, 
 from qrr.runtime.pairs import BUILTIN, Query, load_queries
 from qrr.runtime.timing import PeakRSS, timed
 
+from .card import write_card
 from .metrics import compare
 from .presets import DEFAULT_MAX_DROP
 from .report import summary
@@ -60,7 +61,7 @@ def validate_artifact(
 ) -> dict[str, Any]:
     """Score the evaluation pairs with the artifact and with the model card's fp32 recipe; compare.
 
-    Writes validation.json (and the summary into qrr.json) when `write`; raises ValidationError after
+    Writes validation.json (and the summary into qrr.json and README.md) when `write`; raises ValidationError after
     writing when max |ΔP| exceeds `max_drop` (default: DEFAULT_MAX_DROP for the artifact's precision).
     The artifact runs on `device`; the reference always runs on the CPU. With `use_cache`, the reference's
     scores and timing are kept in the user cache and reused while the checkpoint's files, the data,
@@ -124,6 +125,7 @@ def validate_artifact(
         stored = json.loads(manifest_path.read_text(encoding="utf-8"))
         stored["validation"] = summary(report)
         write_json(manifest_path, stored)
+        write_card(artifact, stored)  # the card shows the figures too, a failed validation's included
     if not report["passed"]:
         raise ValidationError(
             f"{artifact} fails validation: max |ΔP| {metrics['max_abs_dp']:.4g} > {max_drop:g} allowed "
