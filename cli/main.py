@@ -136,7 +136,7 @@ def _validate(args: argparse.Namespace) -> int:
     try:
         report = validate_artifact(
             args.artifact, args.reference, data=args.data, max_drop=args.max_drop, threads=args.threads,
-            device=args.device, use_cache=not args.no_cache, log=progress.log,
+            device=args.device, use_cache=not args.no_cache, progress=progress,
         )
     except ValidationError as exc:  # the report was written before the gate closed
         failed = exc

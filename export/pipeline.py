@@ -181,8 +181,8 @@ def finish(
         from .report import format_report, summary
         from .validate import validate_artifact
 
-        with progress.step("validating against the PyTorch reference"):
-            report = validate_artifact(out, src.checkpoint.source, data=data, max_drop=max_drop, log=progress.log)
+        progress.log("validating against the PyTorch reference")
+        report = validate_artifact(out, src.checkpoint.source, data=data, max_drop=max_drop, progress=progress)
         progress.log(format_report(report))
         manifest["validation"] = summary(report)
     progress.log(f"total {progress.total():.1f} s")
