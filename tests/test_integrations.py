@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ from conftest import DOCS, QUERY
 from qrr.runtime import Reranker
 
 TOP = 3
+os.environ["HAYSTACK_TELEMETRY_ENABLED"] = "False"  # read when haystack is imported: no usage reports from tests
 
 
 @pytest.fixture(params=["folder", "url"])
