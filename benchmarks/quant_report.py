@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         ensure_standin(ckpt, shape=args.shape, tokenizer=args.tokenizer, outliers=outliers, train_steps=args.train_steps)
         for precision in args.precisions:
             art = ensure_artifact(ckpt, args.out / f"{name}-{precision}", precision=precision)
-            report = validate_artifact(art, str(ckpt), data=args.data, max_drop=1.0, log=Progress().log)
+            report = validate_artifact(art, str(ckpt), data=args.data, max_drop=1.0, progress=Progress())
             manifest = json.loads((art / "qrr.json").read_text())
             results.append({"checkpoint": name, "outliers": outliers, "precision": precision,
                             "disk_mib": sum(manifest["files"].values()) / 2**20,

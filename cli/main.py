@@ -32,6 +32,8 @@ from qrr.runtime.planner import DEFAULT_BATCH_TOKENS
 # qrr is installed from a clone (it is not on PyPI): extras are installed from the clone's folder
 EXPORT_EXTRA = ("this command needs the export extra (torch, transformers, onnx): in the qrr clone run "
                 "bash scripts/setup.sh, or pip install -e '.[export]' after installing the CPU build of torch")
+ARTIFACT_HELP = ("an artifact folder, or the hub repo id (org/name) of a published one, downloaded into the Hugging "
+                 "Face cache (needs the hub extra; HF_HUB_OFFLINE=1 uses the cache)")
 SERVER_EXTRA = "qrr serve needs the server extra (FastAPI, uvicorn): in the qrr clone run pip install -e '.[server]'"
 
 
@@ -134,7 +136,7 @@ def _validate(args: argparse.Namespace) -> int:
     try:
         report = validate_artifact(
             args.artifact, args.reference, data=args.data, max_drop=args.max_drop, threads=args.threads,
-            device=args.device, use_cache=not args.no_cache, log=progress.log,
+            device=args.device, use_cache=not args.no_cache, progress=progress,
         )
     except ValidationError as exc:  # the report was written before the gate closed
         failed = exc
@@ -187,7 +189,8 @@ def _rerank(args: argparse.Namespace) -> int:
     from qrr.runtime import Reranker
 
     docs = read_documents(args.docs)
-    rr = Reranker(args.artifact, device=args.device, threads=args.threads, max_length=args.max_length)
+    rr = Reranker.from_pretrained(args.artifact, args.revision, device=args.device, threads=args.threads,
+                                  max_length=args.max_length)
     results = rr.rerank(args.query, docs, top_k=args.top_k, instruction=args.instruction)
     if args.json:
         print(json.dumps({"query": args.query, "results": [r.__dict__ for r in results]}, ensure_ascii=False))
@@ -218,10 +221,12 @@ def _serve(args: argparse.Namespace) -> int:
         raise QrrError(f"{SERVER_EXTRA} ({exc.name or exc} is missing)") from None
     from qrr.runtime import Reranker
 
-    rr = Reranker(args.artifact, device=args.device, threads=args.threads, max_length=args.max_length)
+    rr = Reranker.from_pretrained(args.artifact, args.revision, device=args.device, threads=args.threads,
+                                  max_length=args.max_length)
     config = ServerConfig(max_documents=args.max_documents, max_in_flight=args.max_in_flight)
     print(f"qrr: serving {args.artifact} ({rr.manifest['precision']}) on http://{args.host}:{args.port}", file=sys.stderr)
-    uvicorn.run(create_app(rr, config), host=args.host, port=args.port, log_level="warning",
+    name = None if Path(args.artifact).exists() else args.artifact  # a hub repo's id, not its cache folder's name
+    uvicorn.run(create_app(rr, config, name=name), host=args.host, port=args.port, log_level="warning",
                 timeout_graceful_shutdown=int(config.shutdown_grace_s))
     return 0
 
@@ -305,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_validate)
 
     p = sub.add_parser("rerank", help="rank documents for a query with an artifact")
-    p.add_argument("artifact", type=Path)
+    p.add_argument("artifact", help=ARTIFACT_HELP)
+    p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) of a repo id")
     p.add_argument("--query", required=True)
     p.add_argument("--docs", required=True, help="a file of documents, one per line or JSON Lines; - for stdin")
     p.add_argument("--top-k", type=_positive_int, default=None)
@@ -317,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_rerank)
 
     p = sub.add_parser("serve", help="serve an artifact over HTTP: /v1/rerank, /rerank, /v1/score, /metrics")
-    p.add_argument("artifact", type=Path)
+    p.add_argument("artifact", help=ARTIFACT_HELP)
+    p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) of a repo id")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=_positive_int, default=8080)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, dml or auto (default: cpu)")

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qrr.runtime.errors import QrrError, first_line
+from qrr.runtime.hub import HUB_ID, snapshot
 from qrr.runtime.manifest import read_json_object
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
 
 
@@ -43,17 +42,7 @@ def resolve(source: str, revision: str | None = None) -> Checkpoint:
 
 
 def download(repo_id: str, revision: str | None) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise CheckpointError("downloading from the hub needs huggingface_hub: pip install huggingface_hub") from None
-    try:
-        return Path(snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=HUB_FILES))
-    except Exception as exc:  # the hub client raises many types: offline, 404, gated, auth, disk
-        raise CheckpointError(
-            f"cannot download {repo_id} from the Hugging Face hub ({type(exc).__name__}: {first_line(exc)}); "
-            "check the id and your network, or pass a local checkpoint folder"
-        ) from None
+    return snapshot(repo_id, revision, HUB_FILES, error=CheckpointError)
 
 
 def read_config(path: Path) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """`qrr validate --html`: the validation report as one self-contained page with plots.
 
-Plots (matplotlib, embedded as PNG): artifact vs reference P(yes) per pair, rank agreement (Spearman) per
-query, and the artifact's latency by prompt length.
+The page opens with the verdict in one sentence and the plot to judge it by: artifact against reference P(yes),
+one dot per pair, the allowed drift shaded around the diagonal and the pairs outside it in red. Below: the
+figures, rank agreement (Spearman) per query, and the artifact's latency by prompt length (matplotlib, PNG).
 """
 
 from __future__ import annotations
@@ -56,13 +57,23 @@ def write_html(report: dict[str, Any], path: str | Path, latency: list[tuple[int
     bounds = np.cumsum([0, *sizes])
     rhos = [spearman(ref[a:b], art[a:b]) for a, b in zip(bounds[:-1], bounds[1:]) if b - a >= 2]
 
-    figs = []
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.scatter(ref, art, s=10, alpha=0.6)
-    ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
-    ax.set(xlabel="reference P(yes)", ylabel="artifact P(yes)", title="scores, pair by pair", xlim=(0, 1), ylim=(0, 1))
-    figs.append(("Artifact against reference", _png(fig)))
+    tol = report["max_drop"]
+    outside = np.abs(art - ref) > tol
+    fig, ax = plt.subplots(figsize=(6, 6))
+    edge = np.array([0.0, 1.0])
+    ax.fill_between(edge, edge - tol, edge + tol, color="#2a2", alpha=0.15, lw=0,
+                    label=f"allowed drift (±{tol:g})")
+    ax.plot(edge, edge, color="grey", lw=0.8, label="same score")
+    ax.scatter(ref[~outside], art[~outside], s=12, alpha=0.7, color="#1f5fa8", label=f"{(~outside).sum()} pairs within")
+    if outside.any():
+        ax.scatter(ref[outside], art[outside], s=24, color="#c00", label=f"{outside.sum()} pairs outside")
+    ax.set(xlabel="reference P(yes) — PyTorch, fp32", ylabel="artifact P(yes)", xlim=(0, 1), ylim=(0, 1),
+           title="each dot is one (query, document) pair")
+    ax.legend(loc="upper left", frameon=False)
+    scatter = _png(fig)
     plt.close(fig)
+
+    figs = []
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.bar(range(1, len(rhos) + 1), rhos)
     ax.set(xlabel="query", ylabel="Spearman", title="rank agreement per query", ylim=(min(0.0, min(rhos or [0])), 1.02))
@@ -91,6 +102,13 @@ def write_html(report: dict[str, Any], path: str | Path, latency: list[tuple[int
         rows.append(("NDCG@10 drop (labels)", f"{lab['ndcg10_drop_points']:+.2f} points"))
         rows.append(("MRR drop (labels)", f"{lab['mrr_drop_points']:+.2f} points"))
     verdict = "PASS" if report["passed"] else "FAIL"
+    if report["passed"]:
+        sentence = f"All {m['pairs']} pairs scored within {tol:g} of the reference"
+    else:
+        sentence = f"{outside.sum()} of {m['pairs']} pairs moved more than the allowed {tol:g} from the reference"
+    sentence += f"; the largest difference is {m['max_abs_dp']:.3g}, top-1 agreement {m['top1_agreement']:.0%}"
+    if lat.get("speedup"):
+        sentence += f", {lat['speedup']:.1f}x the reference's speed"
     body = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
     images = "\n".join(f'<figure><figcaption>{html.escape(t)}</figcaption><img alt="{html.escape(t)}" '
                        f'src="data:image/png;base64,{b64}"></figure>' for t, b64 in figs)
@@ -98,8 +116,10 @@ def write_html(report: dict[str, Any], path: str | Path, latency: list[tuple[int
 <html lang="en"><head><meta charset="utf-8"><title>qrr validation: {html.escape(str(report['artifact']))}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:960px}} table{{border-collapse:collapse}}
 th,td{{text-align:left;padding:4px 12px;border-bottom:1px solid #ddd}} .PASS{{color:#070}} .FAIL{{color:#b00}}
-figure{{margin:1.5em 0}} img{{max-width:100%}}</style></head>
+figure{{margin:1.5em 0}} img{{max-width:100%}} .verdict{{font-size:1.25em}}</style></head>
 <body><h1>Validation: <span class="{verdict}">{verdict}</span></h1>
+<p class="verdict">{html.escape(sentence)}.</p>
+<figure><img alt="Artifact against reference P(yes), one dot per pair" src="data:image/png;base64,{scatter}"></figure>
 <p>{html.escape(str(report['artifact']))} ({html.escape(report['precision'])}) against
 {html.escape(report['reference']['source'])} — {m['pairs']} pairs, {m['queries']} queries ({html.escape(report['data'])}),
 {lat['threads']} threads, {html.escape(report['machine']['cpu'])}.</p>

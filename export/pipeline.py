@@ -19,6 +19,7 @@ from qrr.runtime.manifest import FORMAT_VERSION, MANIFEST_NAME, file_sizes, qrr_
 from qrr.runtime.pairs import load_queries
 from qrr.runtime.prompt import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, TEMPLATE, pair_text
 
+from .card import write_card
 from .checkpoint import Checkpoint, load_model, load_tokenizer, resolve, yes_no_ids
 from .graph import INPUT_NAMES, OUTPUT_NAMES
 from .presets import CALIBRATION_PAIRS, Preset
@@ -121,7 +122,7 @@ def write_artifact(
     model_files: list[str],
     backend: dict[str, Any],
 ) -> dict[str, Any]:
-    """Save the tokenizer and the manifest beside the model files; returns the manifest.
+    """Save the tokenizer, the manifest and the model card beside the model files; returns the manifest.
 
     `model_files` starts with the graph file; `backend` holds the format's own manifest fields.
     """
@@ -160,6 +161,7 @@ def write_artifact(
         "validation": None,
     }
     write_json(out / MANIFEST_NAME, manifest)
+    write_card(out, manifest)
     return manifest
 
 
@@ -179,8 +181,8 @@ def finish(
         from .report import format_report, summary
         from .validate import validate_artifact
 
-        with progress.step("validating against the PyTorch reference"):
-            report = validate_artifact(out, src.checkpoint.source, data=data, max_drop=max_drop, log=progress.log)
+        progress.log("validating against the PyTorch reference")
+        report = validate_artifact(out, src.checkpoint.source, data=data, max_drop=max_drop, progress=progress)
         progress.log(format_report(report))
         manifest["validation"] = summary(report)
     progress.log(f"total {progress.total():.1f} s")

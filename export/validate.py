@@ -24,8 +24,10 @@ from qrr.runtime.manifest import MANIFEST_NAME, VALIDATION_NAME, load_manifest, 
 from qrr.runtime.pairs import BUILTIN, Query, load_queries
 from qrr.runtime.timing import PeakRSS, timed
 
+from .card import write_card
 from .metrics import compare
 from .presets import DEFAULT_MAX_DROP
+from .progress import Progress, Step
 from .report import summary
 
 
@@ -36,11 +38,19 @@ class ValidationError(QrrError):
 Scorer = Callable[[Sequence[tuple[str, str]], str | None], Sequence[float]]
 
 
-def score_queries(score: Scorer, queries: Sequence[Query]) -> tuple[list[np.ndarray], float]:
-    """Each query's scores, scored query by query after a one-pair warm-up; and the seconds it took."""
+def score_queries(score: Scorer, queries: Sequence[Query], step: Step | None = None) -> tuple[list[np.ndarray], float]:
+    """Each query's scores, scored query by query after a one-pair warm-up; and the seconds it took. `step` is
+    told of each query's pairs as they are scored."""
     first = queries[0]
-    run = lambda: [np.asarray(score([(q.query, d) for d in q.documents], q.instruction), dtype=np.float64)  # noqa: E731
-                   for q in queries]
+    step = step or Step(None)
+
+    def run() -> list[np.ndarray]:
+        scores = []
+        for q in queries:
+            scores.append(np.asarray(score([(q.query, d) for d in q.documents], q.instruction), dtype=np.float64))
+            step.update(len(q.documents))
+        return scores
+
     score([(first.query, first.documents[0])], first.instruction)  # warm-up
     timing, scores = timed(run, sum(len(q.documents) for q in queries))
     return scores, timing.best_s
@@ -56,15 +66,15 @@ def validate_artifact(
     device: str = "cpu",
     write: bool = True,
     use_cache: bool = True,
-    log: Callable[[str], None] = lambda s: None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Score the evaluation pairs with the artifact and with the model card's fp32 recipe; compare.
 
-    Writes validation.json (and the summary into qrr.json) when `write`; raises ValidationError after
+    Writes validation.json (and the summary into qrr.json and README.md) when `write`; raises ValidationError after
     writing when max |ΔP| exceeds `max_drop` (default: DEFAULT_MAX_DROP for the artifact's precision).
     The artifact runs on `device`; the reference always runs on the CPU. With `use_cache`, the reference's
     scores and timing are kept in the user cache and reused while the checkpoint's files, the data,
-    max_length, threads and package versions are the same.
+    max_length, threads and package versions are the same. `progress` shows each scoring pass as a step.
     """
     artifact = Path(artifact)
     manifest = load_manifest(artifact)
@@ -75,17 +85,18 @@ def validate_artifact(
         raise QrrError(f"max_drop must be a positive number, got {max_drop}")
     queries = load_queries(data)
     pairs = sum(len(q.documents) for q in queries)
+    progress = progress or Progress(enabled=False)
 
-    log(f"scoring {pairs} pairs ({len(queries)} queries) with the artifact")
-    with PeakRSS() as art_mem:
-        rr = Reranker(artifact, device=device, threads=threads)
-        art_scores, art_time = score_queries(lambda p, i: rr.score_pairs(p, instruction=i), queries)
+    with progress.step(f"scoring {pairs} pairs ({len(queries)} queries) with the artifact", total=pairs) as step:
+        with PeakRSS() as art_mem:
+            rr = Reranker(artifact, device=device, threads=threads)
+            art_scores, art_time = score_queries(lambda p, i: rr.score_pairs(p, instruction=i), queries, step)
     max_length, used_threads = rr.max_length, rr.threads
     del rr
     gc.collect()
 
     ref_scores, ref_time, ref_peak, reused = reference_scores(
-        reference, manifest.get("source", {}).get("revision"), queries, max_length, used_threads, use_cache, log
+        reference, manifest.get("source", {}).get("revision"), queries, max_length, used_threads, use_cache, progress
     )
     metrics = compare(queries, ref_scores, art_scores)
     report = {
@@ -124,6 +135,7 @@ def validate_artifact(
         stored = json.loads(manifest_path.read_text(encoding="utf-8"))
         stored["validation"] = summary(report)
         write_json(manifest_path, stored)
+        write_card(artifact, stored)  # the card shows the figures too, a failed validation's included
     if not report["passed"]:
         raise ValidationError(
             f"{artifact} fails validation: max |ΔP| {metrics['max_abs_dp']:.4g} > {max_drop:g} allowed "
@@ -140,7 +152,7 @@ def reference_scores(
     max_length: int,
     threads: int,
     use_cache: bool,
-    log: Callable[[str], None],
+    progress: Progress,
 ) -> tuple[list[np.ndarray], float, float, bool]:
     """The recipe's scores per query, its seconds and peak RSS (MiB), and whether they came from the cache."""
     from .checkpoint import resolve
@@ -148,18 +160,20 @@ def reference_scores(
     checkpoint = resolve(reference, revision)
     cache = reference_cache_path(checkpoint.path, queries, max_length, threads) if use_cache else None
     if cache is not None and cache.is_file():
-        log(f"reusing the PyTorch reference's scores and timing from {cache}")
+        progress.log(f"reusing the PyTorch reference's scores and timing from {cache}")
         cached = json.loads(cache.read_text(encoding="utf-8"))
         return [np.asarray(s, dtype=np.float64) for s in cached["scores"]], cached["seconds"], cached["peak_rss_mib"], True
-    log("scoring the same pairs with the PyTorch reference (model card recipe, fp32)")
     import torch
 
     from .reference import ReferenceScorer
 
     torch.set_num_threads(threads)
-    with PeakRSS() as mem:
-        ref = ReferenceScorer(checkpoint, max_length=max_length)
-        scores, seconds = score_queries(ref.score_pairs, queries)
+    pairs = sum(len(q.documents) for q in queries)
+    message = "scoring the same pairs with the PyTorch reference (model card recipe, fp32)"
+    with progress.step(message, total=pairs) as step:
+        with PeakRSS() as mem:
+            ref = ReferenceScorer(checkpoint, max_length=max_length)
+            scores, seconds = score_queries(ref.score_pairs, queries, step)
     del ref
     gc.collect()
     if cache is not None:

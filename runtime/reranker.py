@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -13,14 +13,8 @@ from .errors import ArtifactError, InputError
 from .manifest import load_manifest
 from .planner import CHUNK_TOKENS, DEFAULT_BATCH_TOKENS, plan_batches, plan_prefixes
 from .prompt import PromptTokenizer, check_documents, check_text
+from .scorer import CrossEncoderCalls, RerankResult, check_top_k, ranked
 from .session import HINTS, SessionSpec, open_session
-
-
-@dataclass(frozen=True)
-class RerankResult:
-    index: int
-    score: float
-    document: str
 
 
 def physical_cores() -> int:
@@ -33,10 +27,10 @@ def physical_cores() -> int:
     return cores or os.cpu_count() or 1
 
 
-class Reranker:
+class Reranker(CrossEncoderCalls):
     """Scores documents against a query with an exported qrr artifact.
 
-    >>> rr = Reranker("qwen3-rr-0.6b-int8")
+    >>> rr = Reranker("qwen3-rr-0.6b-int8")           # or Reranker.from_pretrained("org/repo") for a published one
     >>> rr.score("what is the capital of China?", ["The capital of China is Beijing.", "Gravity is a force."])
 
     `device`: for ONNX artifacts 'cpu', 'cuda', 'cuda:N', 'dml', 'dml:N' or 'auto' (onnxruntime providers);
@@ -101,6 +95,22 @@ class Reranker:
         self.prefix_reuse = bool(prefix_reuse)
         self.chunk_tokens = CHUNK_TOKENS
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        revision: str | None = None,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        token: str | bool | None = None,
+        **options: Any,
+    ) -> Reranker:
+        """An artifact folder, or a published artifact's hub repo id ("org/name"), downloaded into the Hugging Face
+        cache (only the files its manifest lists; HF_HUB_OFFLINE=1 uses the cache); `options` go to Reranker()."""
+        from .hub import resolve_artifact
+
+        return cls(resolve_artifact(name_or_path, revision, cache_dir=cache_dir, token=token), **options)
+
     # -- public API ---------------------------------------------------------------------------------------
 
     def score(self, query: str, documents: Sequence[str], *, instruction: str | None = None) -> list[float]:
@@ -134,14 +144,10 @@ class Reranker:
         instruction: str | None = None,
     ) -> list[RerankResult]:
         """Documents sorted by P(yes), best first; the first `top_k` when given."""
-        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0):
-            raise InputError(f"top_k must be a non-negative integer or None, got {top_k!r}")
+        check_top_k(top_k)
         docs = check_documents(documents)
         scores = self.score(query, docs, instruction=instruction)
-        order = sorted(range(len(docs)), key=lambda i: (-scores[i], i))
-        if top_k is not None:
-            order = order[:top_k]
-        return [RerankResult(i, scores[i], docs[i]) for i in order]
+        return [RerankResult(i, scores[i], docs[i]) for i in ranked(scores, top_k)]
 
     def score_ids(self, sequences: list[list[int]], group_keys: Sequence[object] | None = None) -> np.ndarray:
         """P(yes) for already tokenized prompts, in input order.

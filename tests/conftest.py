@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pytest
 
@@ -75,6 +79,58 @@ def int8_artifact(tmp_path_factory, standin) -> Path:
 def artifact_copy(tmp_path, fp32_artifact) -> Path:
     """A per-test copy of the fp32 artifact that the test may damage."""
     return Path(shutil.copytree(fp32_artifact, tmp_path / "artifact"))
+
+
+@pytest.fixture(scope="session")
+def server_url(fp32_artifact):
+    """A real `qrr serve` app of the fp32 artifact on loopback (uvicorn in a thread), for clients and adapters."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    from test_server import Server  # its loopback server: started, waited for, stopped
+
+    from qrr.runtime import Reranker
+    from qrr.server import create_app
+
+    with Server(create_app(Reranker(fp32_artifact, threads=1))) as url:
+        yield url
+
+
+class FakeServer:
+    """A loopback HTTP server whose `respond(method, path, body) -> (status, headers, data)` makes every answer;
+    it records each request as "METHOD path". `with FakeServer(respond) as url: …`"""
+
+    def __init__(self, respond: Callable[[str, str, bytes], tuple[int, dict[str, str], bytes]]) -> None:
+        self.requests: list[str] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def answer(self) -> None:
+                path = unquote(urlparse(self.path).path)
+                owner.requests.append(f"{self.command} {path}")
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                status, headers, data = respond(self.command, path, body)
+                self.send_response(status)
+                for key, value in {"content-length": str(len(data)), **headers}.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_HEAD = do_POST = answer
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+
+    def __enter__(self) -> str:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @pytest.fixture(scope="session")

@@ -105,6 +105,9 @@ def test_validation_gate_exit_code(standin, fp32_artifact, tmp_path, capsys):
     assert "fails validation" in capsys.readouterr().err
     text = page.read_text()
     assert "FAIL" in text and text.count("data:image/png;base64,") == 3
+    # it opens with the verdict in words and the artifact-vs-reference plot, the figures after them
+    assert text.index('class="verdict"') < text.index("<img") < text.index("<table>")
+    assert "pairs moved more than the allowed" in text
 
 
 def test_bench_workloads_and_own_data(fp32_artifact, tmp_path, capsys):
