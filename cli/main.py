@@ -9,6 +9,8 @@ import argparse
 import json
 import sys
 import time
+
+import numpy as np
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -232,6 +234,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.compare:
+        return _compare(args)
     from qrr.runtime import Reranker
     from qrr.runtime.bench import make_workload
     from qrr.runtime.pairs import flat_pairs, load_queries
@@ -270,6 +274,63 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"{r['workload']:<9} {r['pairs']:>5} {r['tokens']:>7} {r['pairs_per_s']:>8.2f} {r['ms_per_pair']:>8.1f} "
               f"{r['peak_rss_mib']:>12.0f}")
     return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """`qrr bench A --compare B …`: each artifact benched in a fresh process, ranked, and the one to ship named."""
+    import subprocess
+
+    from qrr.runtime.manifest import load_manifest
+
+    artifacts = [args.artifact, *args.compare]
+    for artifact in artifacts:
+        load_manifest(artifact)  # a missing or damaged artifact stops here, with its one-line error
+    flags = ["--repeat", str(args.repeat), "--warmup", str(args.warmup), "--device", args.device,
+             "--batch-tokens", str(args.batch_tokens), "--json"]
+    flags += ["--data", str(args.data)] if args.data is not None else ["--workloads", *args.workloads]
+    flags += [f"--{k.replace('_', '-')}={v}" for k, v in (("threads", args.threads), ("max_length", args.max_length)) if v]
+    flags += ["--no-prefix-reuse"] if args.no_prefix_reuse else []
+    results = []
+    for artifact in artifacts:
+        print(f"qrr: benchmarking {artifact} in a fresh process …", file=sys.stderr, flush=True)
+        done = subprocess.run([sys.executable, "-m", "qrr.cli.main", "bench", str(artifact), *flags],
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise QrrError(f"benchmarking {artifact} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+        result = json.loads(done.stdout)
+        result["validation"] = load_manifest(artifact).get("validation")
+        results.append(result)
+    ranked = rank_artifacts(results)
+    if args.json:
+        print(json.dumps({"ranked": ranked, "recommended": ranked[0]["artifact"] if ranked[0]["shippable"] else None},
+                         indent=2, ensure_ascii=False))
+        return 0
+    names = [r["workload"] for r in ranked[0]["rows"]]
+    print(f"{'artifact':<32} {'format':<8} {'prec.':<5} {'cold s':>6} " + " ".join(f"{n + ' p/s':>9}" for n in names)
+          + f" {'peak RSS MiB':>12} {'max |ΔP|':>9} {'Spearman':>8}  validation")
+    for r in ranked:
+        v = r["validation"] or {}
+        rates = " ".join(f"{row['pairs_per_s']:>9.2f}" for row in r["rows"])
+        verdict = "not validated" if not v else ("pass" if v.get("passed") else "FAIL")
+        print(f"{str(r['artifact'])[-32:]:<32} {r['format']:<8} {r['precision']:<5} {r['cold_start_s']:>6.2f} {rates} "
+              f"{r['peak_rss_mib']:>12.0f} {v.get('max_abs_dp', float('nan')):>9.4f} "
+              f"{v.get('spearman_mean') or float('nan'):>8.4f}  {verdict}")
+    best = ranked[0]
+    if best["shippable"]:
+        print(f"ship {best['artifact']}: the fastest here whose validation passed")
+    else:
+        print("no artifact here has a passed validation: validate them (qrr validate ARTIFACT --reference CKPT) first")
+    return 0
+
+
+def rank_artifacts(results: list[dict]) -> list[dict]:
+    """Validated-and-passed artifacts first, then by speed (the geometric mean of pairs/s over the workloads)."""
+    for r in results:
+        rates = [row["pairs_per_s"] for row in r["rows"]]
+        r["speed"] = float(np.prod(rates) ** (1 / len(rates)))
+        r["peak_rss_mib"] = max([r["load_peak_rss_mib"], *(row["peak_rss_mib"] for row in r["rows"])])
+        r["shippable"] = bool((r.get("validation") or {}).get("passed"))
+    return sorted(results, key=lambda r: (not r["shippable"], -r["speed"]))
 
 
 def _standin(args: argparse.Namespace) -> int:
@@ -350,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-prefix-reuse", action="store_true", help="score every pair whole (to see what reuse saves)")
     p.add_argument("--batch-tokens", type=_positive_int, default=DEFAULT_BATCH_TOKENS,
                    help=f"padded tokens per batch: memory against speed (default {DEFAULT_BATCH_TOKENS})")
+    p.add_argument("--compare", nargs="+", type=Path, default=None, metavar="ARTIFACT",
+                   help="also bench these artifacts, each in a fresh process, rank them all by speed (validated ones "
+                        "first) with RSS, cold start and validation figures, and say which to ship")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=_bench)
 

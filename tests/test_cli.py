@@ -193,3 +193,32 @@ def test_serve_command_starts_and_answers(fp32_artifact):
 def test_serve_command_refuses_a_missing_artifact(capsys):
     assert main(["serve", "/no/such/artifact"]) == 2
     assert "artifact folder not found" in capsys.readouterr().err
+
+
+def test_bench_compare_ranks_validated_artifacts_first(fp32_artifact, tmp_path, capsys):
+    import shutil
+
+    validated = shutil.copytree(fp32_artifact, tmp_path / "validated")
+    manifest = json.loads((validated / "qrr.json").read_text())
+    manifest["validation"] = {"passed": True, "max_abs_dp": 1e-7, "spearman_mean": 1.0}
+    (validated / "qrr.json").write_text(json.dumps(manifest))
+    argv = ["bench", str(fp32_artifact), "--compare", str(validated), "--workloads", "A", "--repeat", "1",
+            "--warmup", "0", "--threads", "1"]
+    assert main([*argv, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["artifact"] for r in out["ranked"]] == [str(validated), str(fp32_artifact)]
+    assert out["recommended"] == str(validated) and all(r["rows"][0]["pairs"] == 32 for r in out["ranked"])
+    assert main(["bench", str(fp32_artifact), "--compare", str(tmp_path / "missing")]) == 2
+    assert "artifact folder not found" in capsys.readouterr().err
+
+
+def test_rank_artifacts_by_speed_among_the_validated():
+    from qrr.cli.main import rank_artifacts
+
+    def result(name, rate, passed):
+        return {"artifact": name, "load_peak_rss_mib": 1, "rows": [{"pairs_per_s": rate, "peak_rss_mib": 2}],
+                "validation": None if passed is None else {"passed": passed}}
+
+    ranked = rank_artifacts([result("slow", 1.0, True), result("fast", 3.0, True), result("fastest", 9.0, False),
+                             result("unvalidated", 5.0, None)])
+    assert [r["artifact"] for r in ranked] == ["fast", "slow", "fastest", "unvalidated"]
