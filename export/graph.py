@@ -5,8 +5,8 @@ with the difference of the rows. The direction and the final dot product stay in
 
 The graph takes a shared past (the keys and values of a prefix that every row of the batch continues), so
 that the runtime computes the prompt prefix and the query once per query and feeds only each document's
-tokens (prefix reuse, DESIGN.md). The past has batch 1 and is broadcast inside the attention matmuls, never
-copied per row. Rows are right padded: with a causal mask a real token only ever sees the past and the real
+tokens (prefix reuse, DESIGN.md). The past has batch 1 and is joined to each row's own keys and values
+inside the graph (a copy of past × head size per row, much smaller than the scores). Rows are right padded: with a causal mask a real token only ever sees the past and the real
 tokens before it, so the padding needs no key mask. An empty past (length 0) scores whole sequences.
 
 Inputs
@@ -64,6 +64,8 @@ class ScoringModule(nn.Module):
         steps = torch.arange(length, device=input_ids.device)
         future = (steps[None, :] > steps[:, None]).repeat(self.heads // self.kv_heads, 1)
         additive = torch.zeros(future.shape, dtype=torch.float32).masked_fill(future, torch.finfo(torch.float32).min)
+        # the shared past is visible to every new token: zeros in front of the causal part
+        additive = torch.cat([additive.new_zeros(additive.shape[0], past), additive], dim=1)
         presents = []
         for index, layer in enumerate(body.layers):
             residual = hidden
@@ -80,7 +82,7 @@ class ScoringModule(nn.Module):
         return (h_last * self.direction).sum(dim=-1), torch.stack(presents)
 
     def _attention(self, attn, x, cos, sin, past, additive):
-        """Grouped-query attention of the new tokens over [shared past ; themselves], batch-broadcast past."""
+        """Grouped-query attention of the new tokens over [shared past ; themselves]."""
         from transformers.models.qwen3.modeling_qwen3 import apply_rotary_pos_emb
 
         batch, length, _ = x.shape
@@ -92,12 +94,14 @@ class ScoringModule(nn.Module):
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         # query head h uses key/value head h // group: stack each group's heads along the rows
         q = q.reshape(batch, kv_heads, group * length, hd)
-        past_k, past_v = past[0].unsqueeze(0), past[1].unsqueeze(0)  # [1, kv, P, hd]
-        scores_past = (torch.matmul(q, past_k.transpose(2, 3)) * attn.scaling).float()
-        scores_new = (torch.matmul(q, k.transpose(2, 3)) * attn.scaling).float() + additive
-        weights = torch.softmax(torch.cat([scores_past, scores_new], dim=-1), dim=-1).to(q.dtype)
-        split = past_k.shape[2]
-        out = torch.matmul(weights[..., :split], past_v) + torch.matmul(weights[..., split:], v)
+        # keys and values of [shared past ; new tokens]: the past is copied once per row here, which is far less
+        # than concatenating (or splitting) the attention scores, whose size is rows × new × (past + new)
+        past_k = past[0].unsqueeze(0).expand(batch, -1, -1, -1)  # [B, kv, P, hd]
+        past_v = past[1].unsqueeze(0).expand(batch, -1, -1, -1)
+        keys, values = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+        scores = (torch.matmul(q, keys.transpose(2, 3)) * attn.scaling).float() + additive
+        weights = torch.softmax(scores, dim=-1).to(q.dtype)
+        out = torch.matmul(weights, values)
         out = out.reshape(batch, heads, length, hd).transpose(1, 2).reshape(batch, length, heads * hd)
         return attn.o_proj(out), torch.stack([k, v], dim=1)  # [B, 2, kv, L, hd]
 
