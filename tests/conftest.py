@@ -11,6 +11,16 @@ from pathlib import Path
 
 import pytest
 
+try:  # the fuzz tests' budgets: bounded in CI, QRR_FUZZ=long for a long run (README, Development)
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("ci", max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile("long", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile(os.environ.get("QRR_FUZZ", "ci"))
+except ImportError:
+    pass
+
+
 @pytest.fixture(scope="session", autouse=True)
 def reference_cache(tmp_path_factory):
     """Keep the reference-score cache of validation inside the test session."""
