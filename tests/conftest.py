@@ -87,6 +87,13 @@ def artifact_copy(tmp_path, fp32_artifact) -> Path:
     return Path(shutil.copytree(fp32_artifact, tmp_path / "artifact"))
 
 
+def rewrite_in_place(folder: Path) -> None:
+    """Truncate every file of an artifact in place (same inodes), as `cp` or a re-export into the folder does."""
+    for path in folder.iterdir():
+        with open(path, "r+b") as f:
+            f.truncate(0)
+
+
 @pytest.fixture(scope="session")
 def reference(standin):
     from qrr.export.checkpoint import resolve

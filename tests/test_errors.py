@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import DOCS, QUERY
+from conftest import DOCS, QUERY, rewrite_in_place
 
 from qrr.runtime import ArtifactError, DeviceError, InputError, Reranker
 from qrr.runtime.manifest import FORMAT_VERSION
@@ -172,9 +172,7 @@ def test_files_changed_under_a_loaded_reranker(artifact_copy):
     running scorer (memory-mapped weights died of SIGBUS here), nor does removing it."""
     rr = Reranker(artifact_copy)
     before = rr.score(QUERY, DOCS)
-    for path in artifact_copy.iterdir():
-        with open(path, "r+b") as f:
-            f.truncate(0)
+    rewrite_in_place(artifact_copy)
     assert rr.score(QUERY, DOCS) == before
     for path in artifact_copy.iterdir():
         path.unlink()
