@@ -21,6 +21,7 @@ from qrr.runtime.errors import first_line
 from .errors import HTTPProblem
 
 log = logging.getLogger("qrr.server")
+RETRY = {"Retry-After": "1"}
 
 
 @dataclass
@@ -45,7 +46,7 @@ class MicroBatcher:
         if not ids:
             return np.empty(0)
         if self.in_flight >= self.max_in_flight:
-            raise HTTPProblem(503, f"server busy: {self.in_flight} requests in flight; retry shortly", headers={"Retry-After": "1"})
+            raise HTTPProblem(503, f"server busy: {self.in_flight} requests in flight; retry shortly", headers=RETRY)
         self.in_flight += 1
         try:
             future = asyncio.get_running_loop().create_future()
@@ -99,8 +100,8 @@ class MicroBatcher:
     @staticmethod
     def _fail(job: _Job, exc: Exception) -> None:
         if not job.future.done():
-            job.future.set_exception(HTTPProblem(503, f"scoring failed inside the model session ({first_line(exc)}); "
-                                                      "retry, and report it if it persists", headers={"Retry-After": "1"}))
+            message = f"scoring failed inside the model session ({first_line(exc)}); retry, and report it if it persists"
+            job.future.set_exception(HTTPProblem(503, message, headers=RETRY))
 
     async def drain(self, grace_s: float) -> None:
         """Wait (bounded) for the requests in flight, then stop the worker."""

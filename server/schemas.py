@@ -78,7 +78,8 @@ class TEIRequest(BaseModel):
     @classmethod
     def _not_cohere(cls, data: Any) -> Any:
         if isinstance(data, dict) and "documents" in data and "texts" not in data:
-            raise ValueError('/rerank takes the TEI shape {"query", "texts"}; post documents to /v1/rerank or /v2/rerank')
+            raise ValueError('/rerank takes the TEI shape {"query", "texts"}; '
+                             "post documents to /v1/rerank or /v2/rerank")
         return data
 
 
