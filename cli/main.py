@@ -28,7 +28,7 @@ from qrr.export.presets import (
 from qrr.export.standin import SHAPES
 from qrr.runtime.bench import WORKLOADS
 from qrr.runtime.errors import QrrError
-from qrr.runtime.prompt import DEFAULT_MAX_LENGTH
+from qrr.runtime.prompt import DEFAULT_MAX_LENGTH, MIN_DOCUMENT_TOKENS
 from qrr.runtime.planner import DEFAULT_BATCH_TOKENS
 
 # qrr is installed from a clone (it is not on PyPI): extras are installed from the clone's folder
@@ -161,7 +161,10 @@ def _validate(args: argparse.Namespace) -> int:
 def read_documents(source: str) -> list[str]:
     """Documents one per line, or JSON Lines of strings / {"text": …} / {"document": …}; '-' is stdin."""
     if source == "-":
-        text = sys.stdin.read()
+        try:
+            text = sys.stdin.read()
+        except UnicodeDecodeError:
+            raise QrrError("standard input is not UTF-8 text") from None
     else:
         path = Path(source)
         if not path.is_file():
@@ -194,8 +197,14 @@ def _rerank(args: argparse.Namespace) -> int:
     rr = Reranker.from_pretrained(args.artifact, args.revision, device=args.device, threads=args.threads,
                                   max_length=args.max_length)
     results = rr.rerank(args.query, docs, top_k=args.top_k, instruction=args.instruction)
+    starved = [i for i, t in enumerate(rr.truncation(args.query, docs, instruction=args.instruction)) if t.starved]
+    if starved:
+        print(f"qrr: warning: {len(starved)} documents kept fewer than {MIN_DOCUMENT_TOKENS} of their tokens after "
+              f"truncation to {rr.max_length} tokens (indices {starved[:20]}); their scores say little: shorten the "
+              "query or instruction", file=sys.stderr)
     if args.json:
-        print(json.dumps({"query": args.query, "results": [r.__dict__ for r in results]}, ensure_ascii=False))
+        rows = [{**r.__dict__, "truncated": r.index in starved} for r in results]
+        print(json.dumps({"query": args.query, "results": rows}, ensure_ascii=False))
         return 0
     digits = score_digits([r.score for r in results])
     width = max(8, digits + 2)
@@ -225,10 +234,15 @@ def _serve(args: argparse.Namespace) -> int:
 
     rr = Reranker.from_pretrained(args.artifact, args.revision, device=args.device, threads=args.threads,
                                   max_length=args.max_length)
-    config = ServerConfig(max_documents=args.max_documents, max_in_flight=args.max_in_flight)
-    print(f"qrr: serving {args.artifact} ({rr.manifest['precision']}) on http://{args.host}:{args.port}", file=sys.stderr)
-    name = None if Path(args.artifact).exists() else args.artifact  # a hub repo's id, not its cache folder's name
-    uvicorn.run(create_app(rr, config, name=name), host=args.host, port=args.port, log_level="warning",
+    config = ServerConfig(max_documents=args.max_documents, max_in_flight=args.max_in_flight,
+                          max_body_bytes=args.max_body_bytes, max_request_tokens=args.max_request_tokens,
+                          timeout_s=args.timeout)
+    # a hub repo is served under its id, not its cache folder's name
+    name = args.name or (None if Path(args.artifact).exists() else args.artifact)
+    app = create_app(rr, config, name=name)
+    print(f"qrr: serving {args.artifact} ({rr.manifest['precision']}) as {name or rr.path.name} on "
+          f"http://{args.host}:{args.port}", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
                 timeout_graceful_shutdown=int(config.shutdown_grace_s))
     return 0
 
@@ -383,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=_rerank)
 
-    p = sub.add_parser("serve", help="serve an artifact over HTTP: /v1/rerank, /rerank, /v1/score, /metrics")
+    p = sub.add_parser("serve", help="serve an artifact over HTTP: /v1/rerank, /v2/rerank, /rerank (TEI), /v1/score")
     p.add_argument("artifact", help=ARTIFACT_HELP)
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) of a repo id")
     p.add_argument("--host", default="127.0.0.1")
@@ -395,6 +409,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-documents", type=_positive_int, default=1000, help="documents per request (default 1000)")
     p.add_argument("--max-in-flight", type=_positive_int, default=64,
                    help="requests queued or scoring; more get 503 with Retry-After (default 64)")
+    p.add_argument("--max-body-bytes", type=_positive_int, default=4 << 20,
+                   help="request body limit; larger bodies get 413 before they are read (default 4 MiB)")
+    p.add_argument("--max-request-tokens", type=_positive_int, default=1 << 18,
+                   help="prompt tokens per request after truncation; more get 413 (default 262144)")
+    p.add_argument("--timeout", type=_positive_float, default=60.0,
+                   help="seconds a request may take; then 504 and its pairs are dropped (default 60)")
+    p.add_argument("--name", default=None,
+                   help="the model name clients send (default: the artifact folder's name); others get 404")
     p.set_defaults(run=_serve)
 
     p = sub.add_parser("bench", help="measure an artifact's speed and memory on this machine (workloads A, B, C)")

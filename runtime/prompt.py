@@ -8,6 +8,7 @@ the fixed prefix, the pair text ``<Instruct>: …\\n<Query>: …\\n<Document>: �
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -23,6 +24,28 @@ SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 TEMPLATE = "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 DEFAULT_MAX_LENGTH = 8192
+# A document that keeps fewer tokens than this after truncation is flagged: the model barely saw it.
+MIN_DOCUMENT_TOKENS = 8
+# Pair texts tokenized per call, counted in characters: a long query is repeated in every pair, so the texts
+# are built and tokenized a slice at a time and memory stays bounded whatever the request.
+ENCODE_CHARS = 1 << 22
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """How much of one document the model sees: `kept` of its `total` tokens (in the pair's tokenization)."""
+
+    kept: int
+    total: int
+
+    @property
+    def truncated(self) -> bool:
+        return self.kept < self.total
+
+    @property
+    def starved(self) -> bool:
+        """Truncated to fewer than MIN_DOCUMENT_TOKENS tokens: its score says little about the document."""
+        return self.truncated and self.kept < MIN_DOCUMENT_TOKENS
 
 
 def pair_text(
@@ -62,6 +85,8 @@ class PromptTokenizer:
         tok.no_padding()
         self._tok = tok
         self.template = template
+        # the document comes last in the recipe's template; its span in each pair text is found from these
+        self._head, _, self._tail = template.partition("{document}")
         self.default_instruction = default_instruction
         self.prefix_ids = tok.encode(prefix, add_special_tokens=False).ids
         self.suffix_ids = tok.encode(suffix, add_special_tokens=False).ids
@@ -86,15 +111,65 @@ class PromptTokenizer:
         self, pairs: Sequence[tuple[str, str]], instruction: str | None = None, *, truncate: bool = True
     ) -> list[list[int]]:
         """Token ids of the full prompt for each pair, truncated as the recipe does (or not, to measure)."""
-        texts = [self.pair_text(q, d, instruction) for q, d in pairs]
-        encodings = self._tok.encode_batch(texts, add_special_tokens=False)
-        budget = self.pair_budget if truncate else None
-        return [self.prefix_ids + e.ids[:budget] + self.suffix_ids for e in encodings]
+        return self.encode_report(pairs, instruction, truncate=truncate)[0]
+
+    def encode_report(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        instruction: str | None = None,
+        *,
+        truncate: bool = True,
+        max_document_tokens: int | None = None,
+    ) -> tuple[list[list[int]], list[Truncation]]:
+        """The ids `encode` gives, and for each pair how many of its document's tokens they keep.
+
+        A document's tokens are those of the pair's tokenization that cover any of its characters (with
+        byte-level BPE the space before the document belongs to its first token). `max_document_tokens`
+        also cuts each document after that many of its tokens (Cohere's max_tokens_per_doc); the ids are
+        always a prefix of the pair's exact tokenization.
+        """
+        instruction = self.default_instruction if instruction is None else instruction
+        ids: list[list[int]] = []
+        report: list[Truncation] = []
+        start = 0
+        while start < len(pairs):
+            stop, chars = start, 0
+            while stop < len(pairs) and (stop == start or chars < ENCODE_CHARS):
+                chars += len(pairs[stop][0]) + len(pairs[stop][1])
+                stop += 1
+            heads = [self._head.format(instruction=instruction, query=q) for q, _ in pairs[start:stop]]
+            texts = [h + d + self._tail.format(instruction=instruction, query=q)
+                     for h, (q, d) in zip(heads, pairs[start:stop])]
+            encodings = self._tok.encode_batch(texts, add_special_tokens=False)
+            for head, (_, doc), e in zip(heads, pairs[start:stop], encodings):
+                begin, end = len(head), len(head) + len(doc)
+                inside = [k for k, (a, b) in enumerate(e.offsets) if b > begin and a < end]
+                keep = min(len(e.ids), self.pair_budget) if truncate else len(e.ids)
+                if max_document_tokens is not None and len(inside) > max_document_tokens:
+                    keep = min(keep, inside[0] + max_document_tokens)
+                ids.append(self.prefix_ids + e.ids[:keep] + self.suffix_ids)
+                report.append(Truncation(sum(1 for k in inside if k < keep), len(inside)))
+            start = stop
+        return ids, report
+
+
+def unencodable(text: str) -> str | None:
+    """Why a tokenizer cannot take `text` (a lone surrogate, which JSON and Python strings allow but UTF-8
+    does not), or None. Such text is rejected, never replaced: a silent replacement would score other text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"holds a lone surrogate (U+{ord(text[exc.start]):04X} at character {exc.start}), which is not "
+                "Unicode text; send valid UTF-8")
+    return None
 
 
 def check_text(value: object, what: str) -> str:
     if not isinstance(value, str):
         raise InputError(f"{what} must be a string, got {type(value).__name__}")
+    problem = unencodable(value)
+    if problem:
+        raise InputError(f"{what} {problem}")
     return value
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from .errors import ArtifactError, InputError
 from .manifest import load_manifest
 from .planner import CHUNK_TOKENS, DEFAULT_BATCH_TOKENS, plan_batches, plan_prefixes
-from .prompt import PromptTokenizer, check_documents, check_text
+from .prompt import PromptTokenizer, Truncation, check_documents, check_text
 from .scorer import CrossEncoderCalls, RerankResult, check_top_k, ranked
 from .session import HINTS, SessionSpec, open_session
 
@@ -149,8 +149,21 @@ class Reranker(CrossEncoderCalls):
         scores = self.score(query, docs, instruction=instruction)
         return [RerankResult(i, scores[i], docs[i]) for i in ranked(scores, top_k)]
 
-    def score_ids(self, sequences: list[list[int]], group_keys: Sequence[object] | None = None) -> np.ndarray:
-        """P(yes) for already tokenized prompts, in input order.
+    def truncation(
+        self, query: str, documents: Sequence[str], *, instruction: str | None = None
+    ) -> list[Truncation]:
+        """How many of each document's tokens the model sees (`.kept` of `.total`) in the pairs `score` runs;
+        `.starved` marks documents cut to fewer than MIN_DOCUMENT_TOKENS, whose scores say little."""
+        check_text(query, "query")
+        if instruction is not None:
+            check_text(instruction, "instruction")
+        docs = check_documents(documents)
+        return self.tokenizer.encode_report([(query, d) for d in docs], instruction)[1]
+
+    def score_ids(
+        self, sequences: list[list[int]], group_keys: Sequence[object] | None = None, *, raw: bool = False
+    ) -> np.ndarray:
+        """P(yes) for already tokenized prompts, in input order (`raw=True`: the logit, log P(yes)/P(no)).
 
         Sequences that share a token prefix share its computation (prefix reuse): the prefix common to all
         of them is run once, and so is each group's longer common prefix, where `group_keys` gives a key per
@@ -163,7 +176,7 @@ class Reranker(CrossEncoderCalls):
             )
         logits = np.empty(len(sequences), dtype=np.float32)
         if not sequences:
-            return logits
+            return logits.astype(np.float64)
         if self.prefix_reuse:
             root, plan = plan_prefixes(sequences, group_keys)
         else:
@@ -185,7 +198,7 @@ class Reranker(CrossEncoderCalls):
             for batch in plan_batches(lengths, self.batch_tokens, past=past.shape[3]):
                 rows = [rest[short[b]] for b in batch]
                 logits[[members[short[b]] for b in batch]] = self._run(rows, past)[0]
-        return sigmoid(logits)
+        return logits.astype(np.float64) if raw else sigmoid(logits)
 
     # -- internals -----------------------------------------------------------------------------------------
 

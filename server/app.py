@@ -1,263 +1,181 @@
-"""The rerank HTTP server: Cohere/Jina-shaped `/v1/rerank` (and `/rerank`), `/v1/score`, health, metrics.
+"""The rerank HTTP server: the request shapes rerank clients already send, `/v1/score`, health, metrics.
 
-Requests are tokenized off the event loop, then a micro-batcher groups the pairs of concurrent requests by
-token budget (waiting a few milliseconds for company) and scores them on one worker thread, so the event loop
-stays free and onnxruntime's threads are never oversubscribed. Everything is bounded: documents per request,
-tokens per document, requests in flight.
+- `POST /v1/rerank`: Cohere v1 and Jina; `POST /v2/rerank`: Cohere v2; `POST /rerank`: Hugging Face TEI.
+- Requests are tokenized off the event loop, then the micro-batcher (batcher.py) scores the pairs of
+  concurrent requests together on one worker thread. Everything is bounded: body bytes, documents and
+  tokens per request, the prompt text a query expands to, requests in flight, time per request.
+- Every failure has one shape (errors.py); the guard (guard.py) enforces the body limit and the deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
-from concurrent.futures import ThreadPoolExecutor
+import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
-from starlette.routing import Match
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from qrr.runtime import Reranker
+from qrr.runtime.prompt import MIN_DOCUMENT_TOKENS, Truncation
+from qrr.runtime.reranker import sigmoid
 
-log = logging.getLogger("qrr.server")
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-UNMATCHED = "unmatched"  # the path label of every request no route matches: one series, whatever the path
+from . import errors
+from .batcher import MicroBatcher
+from .errors import HTTPProblem, field_problem
+from .guard import Guard
+from .metrics import Metrics, route_template
+from .schemas import RerankRequest, RerankRequestV2, ScoreRequest, TEIRequest
 
 
 @dataclass
 class ServerConfig:
     max_documents: int = 1000  # per request
     max_in_flight: int = 64  # requests queued or being scored; more get 503
+    max_body_bytes: int = 4 << 20  # larger bodies get 413 before they are read
+    max_request_tokens: int = 1 << 18  # prompt tokens per request, after truncation
+    timeout_s: float = 60.0  # per request; 504 after it
     batch_wait_ms: float = 5.0  # how long the batcher waits for more requests to join a batch
     gather_tokens: int = 16384  # tokens the batcher gathers before it stops waiting
     shutdown_grace_s: float = 30.0
 
-
-class Document(BaseModel):
-    text: str
-
-
-class RerankRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    model: str | None = None
-    query: str
-    documents: list[str | Document]
-    top_n: int | None = Field(default=None, ge=1)
-    return_documents: bool = False
-    instruction: str | None = None
-    truncate: bool = Field(default=True, description="truncate long documents as the model card does; false: 413")
-
-
-class Pair(BaseModel):
-    query: str
-    document: str
-
-
-class ScoreRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    pairs: list[Pair]
-    instruction: str | None = None
-    truncate: bool = True
-
-
-class HTTPProblem(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
-
-
-@dataclass
-class _Job:
-    ids: list[list[int]]
-    future: asyncio.Future
-
-
-class Metrics:
-    """The server's Prometheus metrics, in a registry of its own: two apps in one process never collide."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter("qrr_requests_total", "HTTP requests by path and status.", ["path", "status"], registry=r)
-        self.pairs = Counter("qrr_pairs_total", "(query, document) pairs scored.", registry=r)
-        self.tokens = Counter("qrr_tokens_total", "Prompt tokens scored.", registry=r)
-        self.batches = Counter("qrr_batches_total", "Micro-batches run.", registry=r)
-        self.latency = Histogram("qrr_request_seconds", "Request latency.", buckets=LATENCY_BUCKETS, registry=r)
-        self.in_flight = Gauge("qrr_in_flight", "Requests queued or being scored.", registry=r)
-        self.queue_depth = Gauge("qrr_queue_depth", "Requests waiting for the batcher.", registry=r)
-
-    def observe(self, path: str, status: int, seconds: float) -> None:
-        self.requests.labels(path=path, status=str(status)).inc()
-        self.latency.observe(seconds)
-
-    def watch(self, batcher: MicroBatcher) -> None:
-        """The gauges read the batcher's state when scraped."""
-        self.in_flight.set_function(lambda: batcher.in_flight)
-        self.queue_depth.set_function(batcher.queue.qsize)
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
-
-
-def route_template(app: FastAPI, scope: dict[str, Any]) -> str:
-    """The template of the route a request matches ("/v1/rerank"), or UNMATCHED: label values stay bounded."""
-    partial = None
-    for route in app.router.routes:
-        match, _ = route.matches(scope)
-        if match == Match.FULL:
-            return route.path
-        if match == Match.PARTIAL and partial is None:  # the path is a route's, the method is not (405)
-            partial = route.path
-    return partial or UNMATCHED
-
-
-class MicroBatcher:
-    """Groups the pairs of concurrent requests into shared batches, scored on one worker thread."""
-
-    def __init__(self, reranker: Reranker, config: ServerConfig, metrics: Metrics) -> None:
-        self.reranker, self.config, self.metrics = reranker, config, metrics
-        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self.in_flight = 0
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="qrr-score")
-        self.task: asyncio.Task | None = None
-
-    async def score(self, ids: list[list[int]]) -> list[float]:
-        if not ids:
-            return []
-        if self.in_flight >= self.config.max_in_flight:
-            raise HTTPProblem(503, f"server busy: {self.in_flight} requests in flight; retry shortly", {"Retry-After": "1"})
-        self.in_flight += 1
-        try:
-            future = asyncio.get_running_loop().create_future()
-            await self.queue.put(_Job(ids, future))
-            return await future
-        finally:
-            self.in_flight -= 1
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            jobs = [await self.queue.get()]
-            tokens = sum(map(len, jobs[0].ids))
-            deadline = loop.time() + self.config.batch_wait_ms / 1000
-            while tokens < self.config.gather_tokens:
-                try:
-                    job = await asyncio.wait_for(self.queue.get(), max(0.0, deadline - loop.time()))
-                except asyncio.TimeoutError:
-                    break
-                jobs.append(job)
-                tokens += sum(map(len, job.ids))
-            flat = [seq for job in jobs for seq in job.ids]
-            group_keys = [n for n, job in enumerate(jobs) for _ in job.ids]  # a request's documents share a prefix
-            try:
-                scores = await loop.run_in_executor(self.executor, self.reranker.score_ids, flat, group_keys)
-            except Exception as exc:  # reported to each waiting request, never swallowed
-                log.exception("scoring failed")
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
-                continue
-            self.metrics.batches.inc()
-            self.metrics.pairs.inc(len(flat))
-            self.metrics.tokens.inc(tokens)
-            start = 0
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_result(scores[start : start + len(job.ids)].tolist())
-                start += len(job.ids)
-
-    async def drain(self, grace_s: float) -> None:
-        """Wait (bounded) for the requests in flight, then stop the worker."""
-        end = time.monotonic() + grace_s
-        while self.in_flight and time.monotonic() < end:
-            await asyncio.sleep(0.01)
-        if self.task:
-            self.task.cancel()
-        self.executor.shutdown(wait=True)
+    @property
+    def max_prompt_chars(self) -> int:
+        """Characters of pair text one request may make: a query is repeated in every pair it is scored with."""
+        return 8 * self.max_body_bytes
 
 
 def create_app(reranker: Reranker, config: ServerConfig | None = None, name: str | None = None) -> FastAPI:
     config = config or ServerConfig()
     metrics = Metrics()
     model_name = name or reranker.path.name
+    tokenizer = reranker.tokenizer
     state: dict[str, Any] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        batcher = MicroBatcher(reranker, config, metrics)
+        batcher = MicroBatcher(reranker, max_in_flight=config.max_in_flight, batch_wait_ms=config.batch_wait_ms,
+                               gather_tokens=config.gather_tokens, on_batch=batch_done)
         batcher.task = asyncio.create_task(batcher.run())
         state["batcher"] = batcher
-        metrics.watch(batcher)
+        metrics.watch(lambda: batcher.in_flight, batcher.queue.qsize)
         yield
         await batcher.drain(config.shutdown_grace_s)
 
+    def batch_done(pairs: int, tokens: int) -> None:
+        metrics.batches.inc()
+        metrics.pairs.inc(pairs)
+        metrics.tokens.inc(tokens)
+
     app = FastAPI(title="qrr rerank server", version=reranker.manifest.get("qrr_version", "0"), lifespan=lifespan)
+    errors.install(app)
+    app.add_middleware(Guard, max_body_bytes=config.max_body_bytes, timeout_s=config.timeout_s,
+                       label=lambda scope: route_template(app.router.routes, scope), observe=metrics.observe)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        start = time.perf_counter()
-        path = route_template(app, request.scope)
-        try:
-            response = await call_next(request)
-        except Exception:  # no traceback ever reaches a client
-            log.exception("unhandled error on %s", request.url.path)
-            response = JSONResponse({"error": "internal server error"}, status_code=500)
-        metrics.observe(path, response.status_code, time.perf_counter() - start)
-        return response
+    def check_model(model: str | None) -> None:
+        if model is not None and model != model_name:
+            raise HTTPProblem(404, f"model {model!r} is not served here; this server serves: {model_name}",
+                              [{"field": "model", "message": f"not served here; served: {model_name}"}])
 
-    @app.exception_handler(HTTPProblem)
-    async def problem(request: Request, exc: HTTPProblem):
-        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+    async def check_room(query: str, instruction: str | None, repeats: int) -> None:
+        """A query (and instruction) repeated in every pair must leave the documents room, and must not
+        multiply into more text than the server tokenizes for one request."""
+        head = tokenizer.pair_text(query, "", instruction)
+        field = "query" if query else "instruction"
+        if len(head) * repeats > config.max_prompt_chars:
+            raise field_problem(413, field, f"{len(head)} characters repeated in {repeats} pairs exceed the "
+                                            f"{config.max_prompt_chars} this server tokenizes per request")
+        tokens = await asyncio.to_thread(tokenizer.count, head)
+        if tokens >= tokenizer.pair_budget:
+            raise field_problem(413, field, f"{tokens} tokens with the template leave no room for a document "
+                                            f"in the {reranker.max_length}-token window; shorten it")
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError):
-        errors = exc.errors()
-        where = lambda e: ".".join(str(p) for p in e["loc"] if p != "body") or "body"  # noqa: E731
-        message = "; ".join(f"{where(e)}: {e['msg']}" for e in errors[:5])
-        return JSONResponse({"error": message, "detail": [{"field": where(e), "message": e["msg"]} for e in errors]},
-                            status_code=422)
-
-    async def encode(pairs: list[tuple[str, str]], instruction: str | None, truncate: bool) -> list[list[int]]:
-        ids = await asyncio.to_thread(reranker.tokenizer.encode, pairs, instruction, truncate=truncate)
+    async def encode(pairs: list[tuple[str, str]], instruction: str | None, truncate: bool, field: str,
+                     max_document_tokens: int | None = None) -> tuple[list[list[int]], list[Truncation]]:
+        if len(pairs) > config.max_documents:
+            raise field_problem(413, field, f"{len(pairs)} items; this server takes at most {config.max_documents} "
+                                            "per request")
+        ids, report = await asyncio.to_thread(tokenizer.encode_report, pairs, instruction, truncate=truncate,
+                                              max_document_tokens=max_document_tokens)
         if not truncate:
             over = [i for i, seq in enumerate(ids) if len(seq) > reranker.max_length]
             if over:
-                raise HTTPProblem(413, f"documents {over[:10]} exceed {reranker.max_length} tokens with the prompt; "
-                                       "shorten them or send truncate=true")
-        return ids
+                raise HTTPProblem(413, f"{field} {over[:10]} exceed {reranker.max_length} tokens with the prompt; "
+                                       "shorten them or send truncate=true",
+                                  [{"field": f"{field}.{i}", "message": "too long"} for i in over[:10]])
+        total = sum(map(len, ids))
+        if total > config.max_request_tokens:
+            raise field_problem(413, field, f"{total} prompt tokens; this server takes at most "
+                                            f"{config.max_request_tokens} per request")
+        return ids, report
 
-    async def rerank(body: RerankRequest) -> dict[str, Any]:
-        if len(body.documents) > config.max_documents:
-            raise HTTPProblem(413, f"{len(body.documents)} documents; this server takes at most {config.max_documents} "
-                                   "per request")
-        texts = [d if isinstance(d, str) else d.text for d in body.documents]
-        ids = await encode([(body.query, t) for t in texts], body.instruction, body.truncate)
-        scores = await state["batcher"].score(ids)
-        order = sorted(range(len(texts)), key=lambda i: (-scores[i], i))[: body.top_n]
+    def warnings(report: list[Truncation], what: str) -> list[str]:
+        starved = [i for i, t in enumerate(report) if t.starved]
+        if not starved:
+            return []
+        return [f"{len(starved)} {what} kept fewer than {MIN_DOCUMENT_TOKENS} of their tokens after truncation to "
+                f"the {reranker.max_length}-token window (indices {starved[:20]}): their scores say little; "
+                "shorten the query or instruction"]
+
+    async def rank(body: RerankRequest, version: str) -> dict[str, Any]:
+        check_model(body.model)
+        await check_room(body.query, body.instruction, len(body.documents))
+        ids, report = await encode([(body.query, d) for d in body.documents], body.instruction, body.truncate,
+                                   "documents", body.max_tokens_per_doc)
+        scores = sigmoid(await state["batcher"].logits(ids)).tolist()
+        order = sorted(range(len(ids)), key=lambda i: (-scores[i], i))[: body.top_n]
         results = []
         for i in order:
             item: dict[str, Any] = {"index": i, "relevance_score": scores[i]}
             if body.return_documents:
-                item["document"] = {"text": texts[i]}
+                item["document"] = {"text": body.documents[i]}
+            if report[i].starved:
+                item["truncated"] = True
             results.append(item)
-        return {"model": model_name, "results": results, "usage": {"total_tokens": sum(map(len, ids))}}
+        tokens = sum(map(len, ids))
+        meta: dict[str, Any] = {"api_version": {"version": version}, "tokens": {"input_tokens": tokens}}
+        if warned := warnings(report, "documents"):
+            meta["warnings"] = warned
+        return {"id": str(uuid.uuid4()), "model": model_name, "results": results, "usage": {"total_tokens": tokens},
+                "meta": meta}
 
-    app.post("/v1/rerank", summary="Rerank documents for a query (Cohere/Jina request shape)")(rerank)
-    app.post("/rerank", summary="Same as /v1/rerank (the path llama.cpp and TEI clients call)")(rerank)
+    @app.post("/v1/rerank", summary="Rerank documents (Cohere v1 and Jina request and response shapes)")
+    async def rerank_v1(body: RerankRequest) -> dict[str, Any]:
+        return await rank(body, "1")
+
+    @app.post("/v2/rerank", summary="Rerank documents (Cohere v2 request and response shapes)")
+    async def rerank_v2(body: RerankRequestV2) -> dict[str, Any]:
+        return await rank(body, "2")
+
+    @app.post("/rerank", summary="Rerank texts (Hugging Face text-embeddings-inference shape)")
+    async def rerank_tei(body: TEIRequest) -> list[dict[str, Any]]:
+        if body.truncation_direction.lower() == "left":
+            raise field_problem(422, "truncation_direction", "only Right: the model card truncates the end of the pair")
+        await check_room(body.query, body.instruction, len(body.texts))
+        ids, report = await encode([(body.query, t) for t in body.texts], body.instruction, body.truncate, "texts")
+        logits = await state["batcher"].logits(ids)
+        scores = (logits if body.raw_scores else sigmoid(logits)).tolist()
+        results = []
+        for i in sorted(range(len(ids)), key=lambda i: (-scores[i], i)):
+            item: dict[str, Any] = {"index": i, "score": scores[i]}
+            if body.return_text:
+                item["text"] = body.texts[i]
+            if report[i].starved:
+                item["truncated"] = True
+            results.append(item)
+        return results
 
     @app.post("/v1/score", summary="P(yes) for explicit (query, document) pairs, in order")
     async def score(body: ScoreRequest) -> dict[str, Any]:
-        if len(body.pairs) > config.max_documents:
-            raise HTTPProblem(413, f"{len(body.pairs)} pairs; this server takes at most {config.max_documents} per request")
-        ids = await encode([(p.query, p.document) for p in body.pairs], body.instruction, body.truncate)
-        scores = await state["batcher"].score(ids)
-        return {"model": model_name, "scores": scores, "usage": {"total_tokens": sum(map(len, ids))}}
+        await check_room("", body.instruction, len(body.pairs))
+        ids, report = await encode([(p.query, p.document) for p in body.pairs], body.instruction, body.truncate,
+                                   "pairs")
+        scores = sigmoid(await state["batcher"].logits(ids)).tolist()
+        meta = {"warnings": warned} if (warned := warnings(report, "pairs' documents")) else {}
+        return {"model": model_name, "scores": scores, "usage": {"total_tokens": sum(map(len, ids))}, "meta": meta}
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -15,6 +15,16 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
+try:  # the fuzz tests' budgets: bounded in CI, QRR_FUZZ=long for a long run (README, Development)
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("ci", max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile("long", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile(os.environ.get("QRR_FUZZ", "ci"))
+except ImportError:
+    pass
+
+
 @pytest.fixture(scope="session", autouse=True)
 def reference_cache(tmp_path_factory):
     """Keep the reference-score cache of validation inside the test session."""
@@ -79,6 +89,13 @@ def int8_artifact(tmp_path_factory, standin) -> Path:
 def artifact_copy(tmp_path, fp32_artifact) -> Path:
     """A per-test copy of the fp32 artifact that the test may damage."""
     return Path(shutil.copytree(fp32_artifact, tmp_path / "artifact"))
+
+
+def rewrite_in_place(folder: Path) -> None:
+    """Truncate every file of an artifact in place (same inodes), as `cp` or a re-export into the folder does."""
+    for path in folder.iterdir():
+        with open(path, "r+b") as f:
+            f.truncate(0)
 
 
 @pytest.fixture(scope="session")

@@ -222,3 +222,29 @@ def test_rank_artifacts_by_speed_among_the_validated():
     ranked = rank_artifacts([result("slow", 1.0, True), result("fast", 3.0, True), result("fastest", 9.0, False),
                              result("unvalidated", 5.0, None)])
     assert [r["artifact"] for r in ranked] == ["fast", "slow", "fastest", "unvalidated"]
+
+
+def test_rerank_refuses_text_that_is_not_unicode(fp32_artifact, docs_file, tmp_path, monkeypatch, capsys):
+    """A lone surrogate (an undecodable byte in argv arrives as one) is one line and exit 2, naming the field."""
+    assert main(["rerank", str(fp32_artifact), "--query", "capital\udcff", "--docs", str(docs_file)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("qrr: error: query holds a lone surrogate (U+DCFF") and "\n" not in err
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text('{"text": "fine"}\n{"text": "bad \\ud800"}\n')
+    assert main(["rerank", str(fp32_artifact), "--query", QUERY, "--docs", str(jsonl)]) == 2
+    assert "documents[1] holds a lone surrogate" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9\n"), encoding="utf-8"))
+    assert main(["rerank", str(fp32_artifact), "--query", QUERY, "--docs", "-"]) == 2
+    assert "standard input is not UTF-8" in capsys.readouterr().err
+
+
+def test_rerank_warns_when_documents_are_truncated_away(fp32_artifact, docs_file, capsys):
+    argv = ["rerank", str(fp32_artifact), "--docs", str(docs_file), "--max-length", "160", "--json"]
+    assert main(argv + ["--query", QUERY]) == 0
+    captured = capsys.readouterr()
+    assert "warning" not in captured.err and not any(r["truncated"] for r in json.loads(captured.out)["results"])
+    assert main(argv + ["--query", "Beijing " * 40]) == 0
+    captured = capsys.readouterr()
+    warning = [line for line in captured.err.splitlines() if line.startswith("qrr: warning:")]
+    assert len(warning) == 1 and "kept fewer than 8" in warning[0]
+    assert all(r["truncated"] for r in json.loads(captured.out)["results"])

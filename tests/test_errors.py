@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import DOCS, QUERY
+from conftest import DOCS, QUERY, rewrite_in_place
 
 from qrr.runtime import ArtifactError, DeviceError, InputError, Reranker
 from qrr.runtime.manifest import FORMAT_VERSION
@@ -104,6 +104,12 @@ def rr(fp32_artifact):
         (lambda rr: rr.score_pairs([(QUERY, b"bytes")]), "pairs[0][1] (document) must be a string"),
         (lambda rr: rr.score(QUERY, DOCS, instruction=3), "instruction must be a string"),
         (lambda rr: rr.rerank(QUERY, DOCS, top_k=-1), "top_k"),
+        # lone surrogates (JSON allows "\ud800"; Python strings hold them) are refused, never replaced
+        (lambda rr: rr.score("q\ud800", DOCS), "query holds a lone surrogate (U+D800 at character 1)"),
+        (lambda rr: rr.score(QUERY, ["ok", "x\udcff"]), "documents[1] holds a lone surrogate (U+DCFF"),
+        (lambda rr: rr.score(QUERY, DOCS, instruction="\udfff"), "instruction holds a lone surrogate"),
+        (lambda rr: rr.score_pairs([(QUERY, "\ud83d")]), "pairs[0][1] (document) holds a lone surrogate"),
+        (lambda rr: rr.truncation(QUERY, ["\ud800"]), "documents[0] holds a lone surrogate"),
     ],
 )
 def test_bad_inputs(rr, call, message):
@@ -159,3 +165,15 @@ def test_session_table_names_a_session_class_per_format():
     for module, name in BACKENDS.values():
         backend = getattr(importlib.import_module(f"qrr.runtime.{module}"), name)
         assert callable(backend.run)
+
+
+def test_files_changed_under_a_loaded_reranker(artifact_copy):
+    """The weights are read into memory: rewriting the artifact in place (cp, a re-export) does not touch a
+    running scorer (memory-mapped weights died of SIGBUS here), nor does removing it."""
+    rr = Reranker(artifact_copy)
+    before = rr.score(QUERY, DOCS)
+    rewrite_in_place(artifact_copy)
+    assert rr.score(QUERY, DOCS) == before
+    for path in artifact_copy.iterdir():
+        path.unlink()
+    assert rr.score(QUERY, DOCS) == before

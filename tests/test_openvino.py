@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import DOCS, QUERY, needs_export
+from conftest import DOCS, QUERY, needs_export, rewrite_in_place
 
 needs_export()
 pytest.importorskip("openvino")
@@ -169,3 +169,14 @@ def test_corrupted_weights_are_refused(ov_fp32, tmp_path):
     (broken / "qrr.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="OpenVINO cannot read"):
         Reranker(broken)
+
+
+def test_files_changed_under_a_loaded_reranker(ov_fp32, tmp_path):
+    """Weights are read, not memory-mapped: rewriting the artifact in place does not kill a running scorer."""
+    import shutil
+
+    copy = shutil.copytree(ov_fp32, tmp_path / "copy")
+    rr = Reranker(copy)
+    before = rr.score(QUERY, DOCS[:3])
+    rewrite_in_place(copy)
+    assert rr.score(QUERY, DOCS[:3]) == before

@@ -135,3 +135,35 @@ def test_scoring_in_a_background_thread_leaves_the_caller_free(fp32_artifact):
     assert result["scores"] == pytest.approx(expected, abs=1e-7)
     # had scoring held the GIL, this loop would have stalled for the whole run
     assert elapsed_ms < 20 or ticks >= 0.3 * elapsed_ms / 1.1
+
+
+def test_truncation_report(fp32_artifact):
+    """`truncation` counts each document's tokens kept and in all; scores are those of `score` unchanged."""
+    from qrr.runtime.prompt import MIN_DOCUMENT_TOKENS
+
+    rr = Reranker(fp32_artifact, max_length=160)
+    long_query = "Beijing " * 40  # fills the pair's window: no document token is left
+    docs = ["The capital of China is Beijing.", "", "yes", " ".join(["Beijing is old."] * 30)]
+    short = rr.truncation(QUERY, docs)
+    assert [t.truncated for t in short] == [False, False, False, True]
+    assert short[1].total == 0 and short[2].kept == short[2].total > 0
+    assert MIN_DOCUMENT_TOKENS <= short[3].kept < short[3].total and not short[3].starved
+    starved = rr.truncation(long_query, docs)
+    assert [t.starved for t in starved] == [True, False, True, True]
+    assert [t.kept for t in starved] == [0, 0, 0, 0]
+    ids = rr.tokenizer.encode([(long_query, d) for d in docs])
+    assert all(len(seq) == rr.max_length for k, seq in enumerate(ids) if starved[k].truncated)
+    assert rr.score(long_query, docs) == rr.score_pairs([(long_query, d) for d in docs])
+
+
+def test_max_document_tokens_cuts_the_document_only(fp32_artifact):
+    rr = Reranker(fp32_artifact)
+    tok = rr.tokenizer
+    docs = ["The capital of China is Beijing, a city of many millions.", "yes"]
+    full, whole = tok.encode_report([(QUERY, d) for d in docs])
+    cut, report = tok.encode_report([(QUERY, d) for d in docs], max_document_tokens=3)
+    assert [t.kept for t in report] == [3, whole[1].kept] and report[0].total == whole[0].total
+    assert cut[1] == full[1]
+    suffix = len(tok.suffix_ids)
+    assert cut[0][:-suffix] == full[0][: len(cut[0]) - suffix]  # a prefix of the exact tokenization
+    assert len(full[0]) - len(cut[0]) == whole[0].total - 3
