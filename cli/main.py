@@ -232,8 +232,9 @@ def _serve(args: argparse.Namespace) -> int:
         raise QrrError(f"{SERVER_EXTRA} ({exc.name or exc} is missing)") from None
     from qrr.runtime import Reranker
 
+    # a long-running server reads its weights into memory: its artifact's files may then change under it
     rr = Reranker.from_pretrained(args.artifact, args.revision, device=args.device, threads=args.threads,
-                                  max_length=args.max_length)
+                                  max_length=args.max_length, copy_weights=True)
     config = ServerConfig(max_documents=args.max_documents, max_in_flight=args.max_in_flight,
                           max_body_bytes=args.max_body_bytes, max_request_tokens=args.max_request_tokens,
                           timeout_s=args.timeout)

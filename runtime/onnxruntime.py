@@ -73,7 +73,8 @@ class OnnxRuntimeSession:
             providers.insert(0, (provider, {"device_id": index}))
             self.io_device = (kind, index)
         try:
-            self.session = ort.InferenceSession(self._load(model_file, so), sess_options=so, providers=providers)
+            model = self._load(model_file, so, spec.copy_weights)
+            self.session = ort.InferenceSession(model, sess_options=so, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for every load failure
             raise ArtifactError(
                 f"onnxruntime cannot load {model_file}: {first_line(exc)}; the artifact may be corrupted, re-export it"
@@ -90,15 +91,16 @@ class OnnxRuntimeSession:
         ]
         self._outputs = list(outputs)
 
-    def _load(self, model_file: Path, so: ort.SessionOptions) -> bytes | str:
-        """The model for InferenceSession, its weights read into memory that the session owns.
+    def _load(self, model_file: Path, so: ort.SessionOptions, copy: bool) -> bytes | str:
+        """The model for InferenceSession: its path (the weights memory-mapped), or with `copy` its bytes, the
+        weights read into memory that the session owns.
 
-        onnxruntime memory-maps external data read from a path: a running server then dies of SIGBUS when
-        the artifact's files are rewritten in place (cp, a re-export into the same folder). Read here, the
-        weights are held once (the session uses this buffer, no copy) and the files can change freely.
+        Memory-mapped weights cost the least resident memory, but a running scorer dies of SIGBUS when the
+        artifact's files are rewritten in place (cp, a re-export into the same folder). Read, the weights
+        are held once (the session uses this buffer, no copy) and the files can change freely.
         """
         data = model_file.with_name(model_file.name + ".data")  # what qrr's exporters write
-        if not data.is_file():
+        if not copy or not data.is_file():
             return str(model_file)
         self._weights = np.fromfile(data, dtype=np.uint8)  # kept alive as long as the session
         so.add_external_initializers_from_files_in_memory([data.name], [self._weights], [self._weights.size])

@@ -60,9 +60,8 @@ class OpenVinoSession:
         except ImportError:
             raise ArtifactError(EXTRA) from None
         core = ov.Core()
-        # read the weights, do not memory-map them: a mapped file rewritten in place under a running
-        # scorer kills it with SIGBUS (the onnxruntime backend reads its weights for the same reason)
-        core.set_property({"ENABLE_MMAP": False})
+        if spec.copy_weights:  # read the weights: a mapped file rewritten in place kills the scorer (SIGBUS)
+            core.set_property({"ENABLE_MMAP": False})
         self.device = parse_openvino_device(device, list(core.available_devices))
         try:
             model = core.read_model(str(model_file))

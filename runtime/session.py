@@ -56,6 +56,7 @@ class SessionSpec:
     outputs: tuple[str, ...]
     properties: dict[str, str] | None = None
     hint: str = "latency"
+    copy_weights: bool = False  # read the weights into memory instead of memory-mapping the files
 
 
 def open_session(model_file: Path, format: str, spec: SessionSpec) -> Session:

@@ -168,9 +168,11 @@ def test_session_table_names_a_session_class_per_format():
 
 
 def test_files_changed_under_a_loaded_reranker(artifact_copy):
-    """The weights are read into memory: rewriting the artifact in place (cp, a re-export) does not touch a
-    running scorer (memory-mapped weights died of SIGBUS here), nor does removing it."""
-    rr = Reranker(artifact_copy)
+    """With copy_weights (as `qrr serve` runs) the weights are read into memory: rewriting the artifact in place
+    (cp, a re-export) does not touch a running scorer (memory-mapped weights died of SIGBUS here), nor does
+    removing it."""
+    rr = Reranker(artifact_copy, copy_weights=True)
+    assert rr.session.__dict__.get("_weights") is not None
     before = rr.score(QUERY, DOCS)
     rewrite_in_place(artifact_copy)
     assert rr.score(QUERY, DOCS) == before

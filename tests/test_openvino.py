@@ -172,11 +172,12 @@ def test_corrupted_weights_are_refused(ov_fp32, tmp_path):
 
 
 def test_files_changed_under_a_loaded_reranker(ov_fp32, tmp_path):
-    """Weights are read, not memory-mapped: rewriting the artifact in place does not kill a running scorer."""
+    """With copy_weights the weights are read, not memory-mapped: rewriting the artifact in place does not kill
+    a running scorer."""
     import shutil
 
     copy = shutil.copytree(ov_fp32, tmp_path / "copy")
-    rr = Reranker(copy)
+    rr = Reranker(copy, copy_weights=True)
     before = rr.score(QUERY, DOCS[:3])
     rewrite_in_place(copy)
     assert rr.score(QUERY, DOCS[:3]) == before

@@ -112,8 +112,9 @@ def test_a_session_that_raises_fails_only_its_request(rr):
 
 
 def test_artifact_files_changed_under_a_running_server(artifact_copy):
-    """Rewritten in place, then removed: the server keeps serving what it loaded."""
-    rr = Reranker(artifact_copy, max_length=256)
+    """Rewritten in place, then removed: the server keeps serving what it loaded (weights copied, as qrr serve
+    loads them)."""
+    rr = Reranker(artifact_copy, max_length=256, copy_weights=True)
     with Server(create_app(rr)) as base:
         body = {"query": QUERY, "documents": DOCS}
         before = httpx.post(base + "/v1/rerank", json=body, timeout=30).json()["results"]
