@@ -116,7 +116,7 @@ def test_hub_id_is_downloaded_with_the_hub_client(monkeypatch, standin, tmp_path
     snapshot = tmp_path / "models--Qwen--Qwen3-Reranker-0.6B" / "snapshots" / commit  # the hub cache's layout
     shutil.copytree(standin, snapshot)
 
-    def fake_snapshot_download(repo_id, revision=None, allow_patterns=None):
+    def fake_snapshot_download(repo_id, revision=None, allow_patterns=None, **hub_options):
         calls.append((repo_id, revision, allow_patterns))
         return str(snapshot)
 
