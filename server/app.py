@@ -58,7 +58,8 @@ def create_app(reranker: Reranker, config: ServerConfig | None = None, name: str
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher = MicroBatcher(reranker, max_in_flight=config.max_in_flight, batch_wait_ms=config.batch_wait_ms,
-                               gather_tokens=config.gather_tokens, on_batch=batch_done)
+                               gather_tokens=config.gather_tokens, max_wait_s=config.timeout_s,
+                               on_batch=batch_done)
         batcher.task = asyncio.create_task(batcher.run())
         state["batcher"] = batcher
         metrics.watch(lambda: batcher.in_flight, batcher.queue.qsize)

@@ -174,3 +174,35 @@ def test_sigterm_lets_requests_in_flight_finish(fp32_artifact):
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
+
+
+def test_overload_is_refused_at_once_not_after_the_deadline():
+    """The batcher measures its speed and answers 503 with Retry-After when the queued work could not be
+    scored within the deadline, instead of letting every request wait for a 504."""
+    import asyncio
+    import time
+
+    import numpy as np
+
+    from qrr.server.batcher import MicroBatcher
+    from qrr.server.errors import HTTPProblem
+
+    class SlowModel:  # 1 ms per prompt token
+        def score_ids(self, flat, keys, raw=False):
+            time.sleep(0.001 * sum(map(len, flat)))
+            return np.zeros(len(flat))
+
+    async def scenario():
+        batcher = MicroBatcher(SlowModel(), max_in_flight=64, batch_wait_ms=1, gather_tokens=10, max_wait_s=0.5)
+        batcher.task = asyncio.create_task(batcher.run())
+        await batcher.logits([[1] * 100])  # the first batch measures the speed
+        assert 500 < batcher.tokens_per_s < 1100
+        results = await asyncio.gather(*[batcher.logits([[1] * 200]) for _ in range(10)], return_exceptions=True)
+        batcher.task.cancel()
+        return results
+
+    results = asyncio.run(scenario())
+    refused = [r for r in results if isinstance(r, HTTPProblem)]
+    served = [r for r in results if not isinstance(r, BaseException)]
+    assert refused and all(r.status == 503 and int(r.headers["Retry-After"]) >= 1 for r in refused)
+    assert "deadline" in refused[0].message and 2 <= len(served) <= 4  # ~0.5 s of work admitted, at 0.2 s each
