@@ -1,4 +1,4 @@
-"""`qrr` (export, validate, rerank, serve, bench, standin) and `qrr-export`.
+"""`qrr` (export, validate, rerank, serve, rerank-batch, bench, standin) and `qrr-export`.
 
 Every user error ends in one line on stderr and exit code 2; a failed validation gate exits 1.
 """
@@ -363,6 +363,34 @@ def _standin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ray(address: str | None, num_cpus: int | None = None):
+    """Ray, joined to the cluster at `address` or started here; its absence is one line naming the extra."""
+    from qrr.distributed import RAY_EXTRA
+
+    try:
+        import ray
+        import pyarrow  # noqa: F401
+    except ImportError as exc:
+        raise QrrError(f"{RAY_EXTRA} ({exc.name or exc} is missing)") from None
+    if not ray.is_initialized():
+        ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
+                 log_to_driver=False)
+    return ray
+
+
+def _rerank_batch(args: argparse.Namespace) -> int:
+    _ray(args.ray_address, args.workers * args.cpus_per_worker)
+    from qrr.distributed.batch import print_progress, rerank_batch
+
+    result = rerank_batch(args.artifact, args.input, args.output, workers=args.workers,
+                          cpus_per_worker=args.cpus_per_worker, output_format=args.format, resume=args.resume,
+                          part_rows=args.part_rows,
+                          options={"max_length": args.max_length, "device": args.device}, progress=print_progress)
+    print(f"qrr: {result['rows']} rows in {result['parts']} parts ({result['skipped']} already written, "
+          f"{result['retried']} retried) -> {result['path']}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qrr", description="Qwen3-Reranker, fast and faithful on CPU.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -419,6 +447,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None,
                    help="the model name clients send (default: the artifact folder's name); others get 404")
     p.set_defaults(run=_serve)
+
+    p = sub.add_parser("rerank-batch", help="score a JSON Lines or Parquet file of pairs on a pool of Ray actors")
+    p.add_argument("artifact", type=Path)
+    p.add_argument("--input", required=True, type=Path,
+                   help='JSON Lines or Parquet: {"query", "document"} or {"query", "documents": [...]}, optional '
+                        '"id" and "instruction"')
+    p.add_argument("--output", required=True, type=Path, help="folder: parts/, plan.json and ranked.{parquet,jsonl}")
+    p.add_argument("--format", choices=["parquet", "jsonl"], default=None, help="output format (default: the input's)")
+    p.add_argument("--ray-address", default=None,
+                   help="a running cluster (e.g. auto or ray://head:10001); default: a local Ray instance")
+    p.add_argument("--workers", type=_positive_int, default=1, help="actors, one Reranker each (default 1)")
+    p.add_argument("--cpus-per-worker", type=_positive_int, default=1, help="CPUs and scoring threads per actor")
+    p.add_argument("--resume", action="store_true", help="finish an earlier run into --output: skip written parts")
+    p.add_argument("--part-rows", type=_positive_int, default=256,
+                   help="pairs per part, the unit of scheduling, retry and resume (whole queries; default 256)")
+    p.add_argument("--max-length", type=_positive_int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, dml or auto (default: cpu)")
+    p.set_defaults(run=_rerank_batch)
 
     p = sub.add_parser("bench", help="measure an artifact's speed and memory on this machine (workloads A, B, C)")
     p.add_argument("artifact", type=Path)
