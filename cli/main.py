@@ -224,10 +224,47 @@ def score_digits(scores: Sequence[float], least: int = 5) -> int:
     return 17
 
 
+def _server_config(args: argparse.Namespace):
+    from qrr.server import ServerConfig
+
+    return ServerConfig(max_documents=args.max_documents, max_in_flight=args.max_in_flight,
+                        max_body_bytes=args.max_body_bytes, max_request_tokens=args.max_request_tokens,
+                        timeout_s=args.timeout)
+
+
+def _serve_ray(args: argparse.Namespace) -> int:
+    if args.replicas and (args.min_replicas or args.max_replicas):
+        raise QrrError("give --replicas N or --min-replicas A --max-replicas B, not both")
+    if not Path(args.artifact).exists():
+        raise QrrError(f"qrr serve --ray serves an artifact folder every node can read; {args.artifact} is not one")
+    cpus = args.threads or 1
+    ray = _ray(args.ray_address, None)
+    from ray import serve
+
+    from qrr.distributed.serve import build_app
+
+    app = build_app(Path(args.artifact).resolve(), replicas=args.replicas or 1, min_replicas=args.min_replicas,
+                    max_replicas=args.max_replicas, num_cpus=cpus, name=args.name, config=_server_config(args),
+                    options={"device": args.device, "max_length": args.max_length})
+    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.run(app, name="qrr", route_prefix="/")
+    print(f"qrr: serving {args.artifact} on Ray Serve ({ray.cluster_resources().get('CPU', 0):.0f} CPUs in the "
+          f"cluster, {cpus} per replica) on http://{args.host}:{args.port}", file=sys.stderr)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        serve.shutdown()
+
+
 def _serve(args: argparse.Namespace) -> int:
+    if args.ray:
+        return _serve_ray(args)
+    if args.replicas or args.min_replicas or args.max_replicas or args.ray_address:
+        raise QrrError("--replicas, --min-replicas, --max-replicas and --ray-address need --ray")
     try:
         import uvicorn
-        from qrr.server import ServerConfig, create_app
+        from qrr.server import create_app
     except ImportError as exc:
         raise QrrError(f"{SERVER_EXTRA} ({exc.name or exc} is missing)") from None
     from qrr.runtime import Reranker
@@ -235,9 +272,7 @@ def _serve(args: argparse.Namespace) -> int:
     # a long-running server reads its weights into memory: its artifact's files may then change under it
     rr = Reranker.from_pretrained(args.artifact, args.revision, device=args.device, threads=args.threads,
                                   max_length=args.max_length, copy_weights=True)
-    config = ServerConfig(max_documents=args.max_documents, max_in_flight=args.max_in_flight,
-                          max_body_bytes=args.max_body_bytes, max_request_tokens=args.max_request_tokens,
-                          timeout_s=args.timeout)
+    config = _server_config(args)
     # a hub repo is served under its id, not its cache folder's name
     name = args.name or (None if Path(args.artifact).exists() else args.artifact)
     app = create_app(rr, config, name=name)
@@ -446,6 +481,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a request may take; then 504 and its pairs are dropped (default 60)")
     p.add_argument("--name", default=None,
                    help="the model name clients send (default: the artifact folder's name); others get 404")
+    p.add_argument("--ray", action="store_true",
+                   help="serve on Ray Serve (the ray extra): replicas of the same app, each with --threads CPUs")
+    p.add_argument("--replicas", type=_positive_int, default=None, help="with --ray: a fixed number of replicas")
+    p.add_argument("--min-replicas", type=_positive_int, default=None,
+                   help="with --ray: autoscale on queued requests between --min-replicas and --max-replicas")
+    p.add_argument("--max-replicas", type=_positive_int, default=None)
+    p.add_argument("--ray-address", default=None,
+                   help="with --ray: a running cluster (e.g. auto); default: a local Ray instance")
     p.set_defaults(run=_serve)
 
     p = sub.add_parser("rerank-batch", help="score a JSON Lines or Parquet file of pairs on a pool of Ray actors")
