@@ -104,3 +104,58 @@ def test_rerank_batch_parquet_and_resume(ray_local, fp32_artifact, tmp_path):
     assert read(tmp_path / "out" / "ranked.parquet").equals(before)
     with pytest.raises(InputError, match="another input"):
         rerank_batch(fp32_artifact, tmp_path / "in.jsonl", tmp_path / "out", workers=1, part_rows=30, resume=True)
+
+
+BAD = [  # (path, body): bad input the served app must refuse the same way on Ray Serve
+    ("/v1/rerank", {"query": QUERY}),
+    ("/v1/rerank", {"query": QUERY, "documents": DOCS[:5]}),  # over max_documents
+    ("/v1/rerank", {"query": QUERY, "documents": DOCS[:2], "model": "other"}),
+    ("/v1/rerank", {"query": QUERY, "documents": ["word " * 600]}),  # over max_body_bytes
+    ("/v1/rerank", {"query": QUERY, "documents": DOCS[:2], "top_n": 0}),
+    ("/rerank", {"query": QUERY, "texts": DOCS[:2], "truncation_direction": "Left"}),
+    ("/v1/score", {"pairs": [{"query": QUERY}]}),
+    ("/v1/nothing", {}),
+]
+
+
+@pytest.mark.slow
+def test_serve_app_on_ray_answers_as_qrr_serve(ray_local, fp32_artifact):
+    httpx = pytest.importorskip("httpx")
+    from ray import serve
+    from serving import Server, free_port
+
+    from qrr.distributed.serve import build_app
+    from qrr.server import ServerConfig, create_app
+
+    config = ServerConfig(max_documents=4, max_body_bytes=2000)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(build_app(fp32_artifact, replicas=2, config=config), name="qrr", route_prefix="/")
+        ray_url = f"http://127.0.0.1:{port}"
+        rr = Reranker(fp32_artifact, threads=1)
+        with Server(create_app(rr, config)) as url:
+            for path, body in BAD:
+                plain, on_ray = (httpx.post(u + path, json=body, timeout=60) for u in (url, ray_url))
+                assert on_ray.status_code == plain.status_code >= 400, (path, body, on_ray.text)
+                assert on_ray.json() == plain.json()
+        want = rr.score(QUERY, DOCS[:4])
+
+        def ask(i: int) -> list[float]:
+            r = httpx.post(ray_url + "/v1/rerank", json={"query": QUERY, "documents": DOCS[:4]}, timeout=60)
+            assert r.status_code == 200, r.text
+            return [x["relevance_score"] for x in sorted(r.json()["results"], key=lambda x: x["index"])]
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(16) as pool:  # 16 concurrent clients on 2 replicas
+            for got in pool.map(ask, range(16)):
+                assert got == pytest.approx(want, abs=1e-5)
+        replicas = [a for a in ray_local.util.list_named_actors(all_namespaces=True) if "qrr-rerank" in a["name"]]
+        assert len(replicas) == 2, replicas
+        ray_local.kill(ray_local.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]))
+        with ThreadPoolExecutor(16) as pool:  # the other replica answers, and Serve starts a new one
+            for got in pool.map(ask, range(16)):
+                assert got == pytest.approx(want, abs=1e-5)
+    finally:
+        serve.shutdown()
