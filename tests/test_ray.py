@@ -159,3 +159,11 @@ def test_serve_app_on_ray_answers_as_qrr_serve(ray_local, fp32_artifact):
                 assert got == pytest.approx(want, abs=1e-5)
     finally:
         serve.shutdown()
+
+
+@pytest.mark.parametrize("flags, words", [(["--replicas", "2"], "need --ray"),
+                                          (["--ray", "--replicas", "2", "--max-replicas", "3"], "not both")])
+def test_serve_ray_flags_are_checked_first(tmp_path, capsys, flags, words):
+    assert main(["serve", str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
