@@ -25,9 +25,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from qrr.runtime.errors import InputError
+from qrr.runtime.errors import InputError, QrrError
+from qrr.runtime.manifest import load_manifest
 
 PART_ROWS = 256  # pairs per part: the unit of scheduling, retry and resume
+TRIES = 3  # actors a part may kill (or fail to start on) before the run stops
 COLUMNS = ["id", "index", "score", "rank"]
 
 
@@ -143,6 +145,7 @@ def rerank_batch(artifact: str | os.PathLike[str], input: str | os.PathLike[str]
     """Score `input` into `output`/ranked.{parquet,jsonl} on `workers` actors of the running Ray instance
     (ray.init first). Returns {"rows", "parts", "skipped", "retried", "path"}."""
     src, out = Path(input), Path(output)
+    load_manifest(artifact)  # a missing or broken artifact is one error here, not actors failing to start
     pairs, groups = plan(read_rows(src), str(src))
     parts = pack(groups, part_rows)
     ext = output_format or ("parquet" if src.suffix == ".parquet" else "jsonl")
@@ -171,6 +174,7 @@ def rerank_batch(artifact: str | os.PathLike[str], input: str | os.PathLike[str]
     actors = {n: spawn(n) for n in range(min(workers, len(todo)))}
     spawned, retried = len(actors), 0
     running: dict[Any, tuple[int, int]] = {}  # ref -> (actor number, part)
+    failures: dict[int, int] = {}  # part -> actors lost with it
 
     def submit(n: int) -> None:
         i = todo.pop(0)
@@ -185,7 +189,10 @@ def rerank_batch(artifact: str | os.PathLike[str], input: str | os.PathLike[str]
             n, i = running.pop(ready[0])
             try:
                 scores = ray.get(ready[0])
-            except ray.exceptions.RayActorError:  # the actor died with the part: a new actor scores it again
+            except ray.exceptions.RayActorError as exc:  # the actor died with the part: a new actor scores it again
+                failures[i] = failures.get(i, 0) + 1
+                if failures[i] >= TRIES:
+                    raise QrrError(f"part {i} lost {TRIES} actors; the last: {str(exc).strip().splitlines()[-1]}") from None
                 retried += 1
                 todo.insert(0, i)
                 ray.kill(actors[n], no_restart=True)

@@ -12,7 +12,7 @@ from conftest import DOCS, QUERY
 
 from qrr.cli.main import main
 from qrr.runtime import Reranker
-from qrr.runtime.errors import InputError
+from qrr.runtime.errors import InputError, QrrError
 
 
 def test_a_missing_ray_extra_is_one_line_naming_it(monkeypatch, capsys, tmp_path):
@@ -167,3 +167,15 @@ def test_serve_ray_flags_are_checked_first(tmp_path, capsys, flags, words):
     assert main(["serve", str(tmp_path), *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0], err
+
+
+@pytest.mark.slow
+def test_rerank_batch_stops_on_an_actor_that_cannot_start(ray_local, fp32_artifact, tmp_path):
+    from qrr.distributed.batch import rerank_batch
+
+    write_pairs(tmp_path / "in.jsonl", n=20)
+    with pytest.raises(QrrError, match="not found"):  # checked before any actor starts
+        rerank_batch(tmp_path / "nothing", tmp_path / "in.jsonl", tmp_path / "out0")
+    with pytest.raises(QrrError, match="lost 3 actors.*max_length"):  # each new actor fails to start: the run stops
+        rerank_batch(fp32_artifact, tmp_path / "in.jsonl", tmp_path / "out", options={"max_length": 0})
+    assert not list((tmp_path / "out" / "parts").iterdir())
