@@ -179,3 +179,16 @@ def test_rerank_batch_stops_on_an_actor_that_cannot_start(ray_local, fp32_artifa
     with pytest.raises(QrrError, match="lost 3 actors.*max_length"):  # each new actor fails to start: the run stops
         rerank_batch(fp32_artifact, tmp_path / "in.jsonl", tmp_path / "out", options={"max_length": 0})
     assert not list((tmp_path / "out" / "parts").iterdir())
+
+
+@pytest.mark.slow
+def test_rerank_batch_command_reports_progress(ray_local, fp32_artifact, tmp_path, capsys):
+    write_pairs(tmp_path / "in.jsonl", n=60)
+    argv = ["rerank-batch", str(fp32_artifact), "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o"),
+            "--workers", "2", "--part-rows", "16", "--format", "parquet"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert all(" rows/s, ETA " in line for line in err[:-1]) and "64/64 rows" in err[-2], err
+    assert err[-1].startswith("qrr: 64 rows in ") and err[-1].endswith("ranked.parquet")
+    assert main(argv) == 2 and "--resume" in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 0 and "(4 already written, 0 retried)" in capsys.readouterr().err
