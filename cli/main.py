@@ -1,4 +1,4 @@
-"""`qrr` (export, validate, rerank, serve, bench, standin) and `qrr-export`.
+"""`qrr` (export, validate, rerank, serve, rerank-batch, bench, standin) and `qrr-export`.
 
 Every user error ends in one line on stderr and exit code 2; a failed validation gate exits 1.
 """
@@ -224,10 +224,47 @@ def score_digits(scores: Sequence[float], least: int = 5) -> int:
     return 17
 
 
+def _server_config(args: argparse.Namespace):
+    from qrr.server import ServerConfig
+
+    return ServerConfig(max_documents=args.max_documents, max_in_flight=args.max_in_flight,
+                        max_body_bytes=args.max_body_bytes, max_request_tokens=args.max_request_tokens,
+                        timeout_s=args.timeout)
+
+
+def _serve_ray(args: argparse.Namespace) -> int:
+    if args.replicas and (args.min_replicas or args.max_replicas):
+        raise QrrError("give --replicas N or --min-replicas A --max-replicas B, not both")
+    if not Path(args.artifact).exists():
+        raise QrrError(f"qrr serve --ray serves an artifact folder every node can read; {args.artifact} is not one")
+    cpus = args.threads or 1
+    ray = _ray(args.ray_address, None)
+    from ray import serve
+
+    from qrr.distributed.serve import build_app
+
+    app = build_app(Path(args.artifact).resolve(), replicas=args.replicas or 1, min_replicas=args.min_replicas,
+                    max_replicas=args.max_replicas, num_cpus=cpus, name=args.name, config=_server_config(args),
+                    options={"device": args.device, "max_length": args.max_length})
+    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.run(app, name="qrr", route_prefix="/")
+    print(f"qrr: serving {args.artifact} on Ray Serve ({ray.cluster_resources().get('CPU', 0):.0f} CPUs in the "
+          f"cluster, {cpus} per replica) on http://{args.host}:{args.port}", file=sys.stderr)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        serve.shutdown()
+
+
 def _serve(args: argparse.Namespace) -> int:
+    if args.ray:
+        return _serve_ray(args)
+    if args.replicas or args.min_replicas or args.max_replicas or args.ray_address:
+        raise QrrError("--replicas, --min-replicas, --max-replicas and --ray-address need --ray")
     try:
         import uvicorn
-        from qrr.server import ServerConfig, create_app
+        from qrr.server import create_app
     except ImportError as exc:
         raise QrrError(f"{SERVER_EXTRA} ({exc.name or exc} is missing)") from None
     from qrr.runtime import Reranker
@@ -235,9 +272,7 @@ def _serve(args: argparse.Namespace) -> int:
     # a long-running server reads its weights into memory: its artifact's files may then change under it
     rr = Reranker.from_pretrained(args.artifact, args.revision, device=args.device, threads=args.threads,
                                   max_length=args.max_length, copy_weights=True)
-    config = ServerConfig(max_documents=args.max_documents, max_in_flight=args.max_in_flight,
-                          max_body_bytes=args.max_body_bytes, max_request_tokens=args.max_request_tokens,
-                          timeout_s=args.timeout)
+    config = _server_config(args)
     # a hub repo is served under its id, not its cache folder's name
     name = args.name or (None if Path(args.artifact).exists() else args.artifact)
     app = create_app(rr, config, name=name)
@@ -363,6 +398,34 @@ def _standin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ray(address: str | None, num_cpus: int | None = None):
+    """Ray, joined to the cluster at `address` or started here; its absence is one line naming the extra."""
+    from qrr.distributed import RAY_EXTRA
+
+    try:
+        import ray
+        import pyarrow  # noqa: F401
+    except ImportError as exc:
+        raise QrrError(f"{RAY_EXTRA} ({exc.name or exc} is missing)") from None
+    if not ray.is_initialized():
+        ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
+                 log_to_driver=False)
+    return ray
+
+
+def _rerank_batch(args: argparse.Namespace) -> int:
+    _ray(args.ray_address, args.workers * args.cpus_per_worker)
+    from qrr.distributed.batch import print_progress, rerank_batch
+
+    result = rerank_batch(args.artifact, args.input, args.output, workers=args.workers,
+                          cpus_per_worker=args.cpus_per_worker, output_format=args.format, resume=args.resume,
+                          part_rows=args.part_rows,
+                          options={"max_length": args.max_length, "device": args.device}, progress=print_progress)
+    print(f"qrr: {result['rows']} rows in {result['parts']} parts ({result['skipped']} already written, "
+          f"{result['retried']} retried) -> {result['path']}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qrr", description="Qwen3-Reranker, fast and faithful on CPU.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -418,7 +481,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a request may take; then 504 and its pairs are dropped (default 60)")
     p.add_argument("--name", default=None,
                    help="the model name clients send (default: the artifact folder's name); others get 404")
+    p.add_argument("--ray", action="store_true",
+                   help="serve on Ray Serve (the ray extra): replicas of the same app, each with --threads CPUs")
+    p.add_argument("--replicas", type=_positive_int, default=None, help="with --ray: a fixed number of replicas")
+    p.add_argument("--min-replicas", type=_positive_int, default=None,
+                   help="with --ray: autoscale on queued requests between --min-replicas and --max-replicas")
+    p.add_argument("--max-replicas", type=_positive_int, default=None)
+    p.add_argument("--ray-address", default=None,
+                   help="with --ray: a running cluster (e.g. auto); default: a local Ray instance")
     p.set_defaults(run=_serve)
+
+    p = sub.add_parser("rerank-batch", help="score a JSON Lines or Parquet file of pairs on a pool of Ray actors")
+    p.add_argument("artifact", type=Path)
+    p.add_argument("--input", required=True, type=Path,
+                   help='JSON Lines or Parquet: {"query", "document"} or {"query", "documents": [...]}, optional '
+                        '"id" and "instruction"')
+    p.add_argument("--output", required=True, type=Path, help="folder: parts/, plan.json and ranked.{parquet,jsonl}")
+    p.add_argument("--format", choices=["parquet", "jsonl"], default=None, help="output format (default: the input's)")
+    p.add_argument("--ray-address", default=None,
+                   help="a running cluster (e.g. auto or ray://head:10001); default: a local Ray instance")
+    p.add_argument("--workers", type=_positive_int, default=1, help="actors, one Reranker each (default 1)")
+    p.add_argument("--cpus-per-worker", type=_positive_int, default=1, help="CPUs and scoring threads per actor")
+    p.add_argument("--resume", action="store_true", help="finish an earlier run into --output: skip written parts")
+    p.add_argument("--part-rows", type=_positive_int, default=256,
+                   help="pairs per part, the unit of scheduling, retry and resume (whole queries; default 256)")
+    p.add_argument("--max-length", type=_positive_int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, dml or auto (default: cpu)")
+    p.set_defaults(run=_rerank_batch)
 
     p = sub.add_parser("bench", help="measure an artifact's speed and memory on this machine (workloads A, B, C)")
     p.add_argument("artifact", type=Path)

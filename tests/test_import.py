@@ -17,7 +17,7 @@ HEAVY = {"torch", "transformers", "onnx", "optimum", "nncf", "openvino"}
 
 def test_runtime_imports_without_torch_or_transformers():
     loaded = _loaded_after("import qrr.runtime, qrr.runtime.reranker, qrr.runtime.bench, qrr.runtime.pairs")
-    assert not loaded & HEAVY and "qrr.export" not in loaded and "qrr.quant" not in loaded
+    assert not loaded & HEAVY and "qrr.export" not in loaded and "qrr.quant" not in loaded and "ray" not in loaded
 
 
 def test_quant_does_not_import_export():
@@ -26,9 +26,9 @@ def test_quant_does_not_import_export():
 
 
 def test_cli_and_export_package_are_light():
-    # the CLI reads its choices from qrr.export.presets; `qrr --help` and `qrr rerank` never load torch
-    loaded = _loaded_after("import qrr.cli.main, qrr.export, qrr.export.presets")
-    assert not loaded & {"torch", "transformers", "onnx", "optimum", "nncf"}
+    # the CLI reads its choices from qrr.export.presets; `qrr --help` and `qrr rerank` never load torch (nor Ray)
+    loaded = _loaded_after("import qrr.cli.main, qrr.export, qrr.export.presets, qrr.distributed")
+    assert not loaded & {"torch", "transformers", "onnx", "optimum", "nncf", "ray", "pyarrow"}
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["rerank", "--help"]])
