@@ -37,11 +37,16 @@ OPSET = 17
 class ScoringModule(nn.Module):
     def __init__(self, causal_lm: nn.Module, yes_token_id: int, no_token_id: int) -> None:
         super().__init__()
-        self.body = causal_lm.model
+        body = causal_lm.model
         cfg = causal_lm.config
         self.heads = cfg.num_attention_heads
         self.kv_heads = cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.embed_tokens, self.rotary_emb, self.norm = body.embed_tokens, body.rotary_emb, body.norm
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.head_dim = head_dim
+        self.layers = nn.ModuleList(
+            ScoringLayer(layer, index, self.heads, self.kv_heads, head_dim) for index, layer in enumerate(body.layers)
+        )
         head = causal_lm.get_output_embeddings().weight
         direction = (head[yes_token_id].double() - head[no_token_id].double()).float()
         # a parameter, not a buffer, so that the exporter keeps it as a named fp32 initializer
@@ -56,10 +61,9 @@ class ScoringModule(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         batch, length = input_ids.shape
         past = past_key_values.shape[3]
-        body = self.body
-        hidden = body.embed_tokens(input_ids)
+        hidden = self.embed_tokens(input_ids)
         positions = (torch.arange(length, device=input_ids.device) + past).unsqueeze(0)
-        cos, sin = body.rotary_emb(hidden, positions)  # [1, L, head_dim]
+        cos, sin = self.rotary_emb(hidden, positions)  # [1, L, head_dim]
         # Causal mask of the new tokens, one block of rows per query head of a key/value group.
         steps = torch.arange(length, device=input_ids.device)
         future = (steps[None, :] > steps[:, None]).repeat(self.heads // self.kv_heads, 1)
@@ -67,19 +71,37 @@ class ScoringModule(nn.Module):
         # the shared past is visible to every new token: zeros in front of the causal part
         additive = torch.cat([additive.new_zeros(additive.shape[0], past), additive], dim=1)
         presents = []
-        for index, layer in enumerate(body.layers):
-            residual = hidden
-            x = layer.input_layernorm(hidden)
-            attn, new_kv = self._attention(layer.self_attn, x, cos, sin, past_key_values[index], additive)
-            presents.append(new_kv[0, :, :, :present_length])  # row 0, cut before stacking
-            hidden = residual + attn
-            residual = hidden
-            hidden = residual + layer.mlp(layer.post_attention_layernorm(hidden))
-        hidden = body.norm(hidden)
+        for layer in self.layers:
+            hidden, present = layer(hidden, cos, sin, past_key_values, additive, present_length)
+            presents.append(present)
+        hidden = self.norm(hidden)
         last = (attention_mask.sum(dim=-1) - 1).view(batch, 1, 1).expand(batch, 1, hidden.shape[-1])
         h_last = hidden.gather(1, last)[:, 0, :].float()
         # Mul + ReduceSum, not a MatMul: weight quantizers (MatMulNBits, NNCF) leave it in fp32
-        return (h_last * self.direction).sum(dim=-1), torch.stack(presents)
+        return (h_last * self.direction).sum(dim=-1), torch.cat(presents)
+
+
+class ScoringLayer(nn.Module):
+    """One decoder layer of the scoring graph, with all that differs between layers inside it: its slice of the
+    shared past and its part of `present`. So each layer traces to one named scope (/layers.N/), which the
+    streamed export (qrr.export.stream) repeats for any depth."""
+
+    def __init__(self, layer: nn.Module, index: int, heads: int, kv_heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.index = index
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+
+    def forward(self, hidden, cos, sin, past_key_values, additive, present_length):
+        layer = self.layer
+        residual = hidden
+        x = layer.input_layernorm(hidden)
+        attn, new_kv = self._attention(layer.self_attn, x, cos, sin, past_key_values[self.index], additive)
+        present = new_kv[0, :, :, :present_length].unsqueeze(0)  # row 0, cut before joining the layers
+        hidden = residual + attn
+        residual = hidden
+        hidden = residual + layer.mlp(layer.post_attention_layernorm(hidden))
+        return hidden, present
 
     def _attention(self, attn, x, cos, sin, past, additive):
         """Grouped-query attention of the new tokens over [shared past ; themselves]."""
@@ -110,11 +132,13 @@ def trace(model, yes_id: int, no_id: int, path: Path, *, fp16: bool = False) -> 
     """Trace the scoring module of the transformers `model` to the ONNX file `path` (its weights beside it)."""
     module = ScoringModule(model, yes_id, no_id).eval()
     if fp16:
-        module.body.half()  # the head direction was taken in fp32 above and stays fp32
+        direction = module.direction.data
+        module.half()
+        module.direction.data = direction  # the head direction was taken in fp32 above and stays fp32
     dtype = torch.float16 if fp16 else torch.float32
     ids = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 0]], dtype=torch.long)
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.long)
-    past = torch.zeros(len(module.body.layers), 2, module.kv_heads, 3, module.head_dim, dtype=dtype)
+    past = torch.zeros(len(module.layers), 2, module.kv_heads, 3, module.head_dim, dtype=dtype)
     keep = torch.tensor(2, dtype=torch.long)
     axes = {
         "input_ids": {0: "batch", 1: "sequence"},

@@ -51,34 +51,56 @@ def rotate(model, seed: int = 0, values: bool = False) -> dict:
     """
     cfg = model.config
     body = model.model
-    hidden = cfg.hidden_size
-    head_dim = getattr(cfg, "head_dim", None) or hidden // cfg.num_attention_heads
-    q = hadamard(hidden, seed)
-    h = hadamard(head_dim, seed + 1)
-
-    embed = body.embed_tokens.weight.double()
-    head = model.lm_head.weight.double() * body.norm.weight.double()[None, :]
-    body.embed_tokens.weight = torch.nn.Parameter((embed @ q).float(), requires_grad=False)
-    model.lm_head.weight = torch.nn.Parameter((head @ q).float(), requires_grad=False)
+    q, h = matrices(cfg, seed)
+    body.embed_tokens.weight = torch.nn.Parameter(rotate_rows(body.embed_tokens.weight, q), requires_grad=False)
+    model.lm_head.weight = torch.nn.Parameter(rotate_rows(model.lm_head.weight, q, body.norm.weight),
+                                              requires_grad=False)
     cfg.tie_word_embeddings = False
     body.norm.weight.fill_(1.0)
-
     for layer in body.layers:
-        attn, mlp = layer.self_attn, layer.mlp
-        for norm, readers in ((layer.input_layernorm, (attn.q_proj, attn.k_proj, attn.v_proj)),
-                              (layer.post_attention_layernorm, (mlp.gate_proj, mlp.up_proj))):
-            gain = norm.weight.double()
-            for linear in readers:
-                _set(linear, (linear.weight.double() * gain[None, :]) @ q)
-            norm.weight.fill_(1.0)
-        for linear in (attn.o_proj, mlp.down_proj):
-            _set(linear, q.T @ linear.weight.double())
-        if not values:
-            continue
-        v = attn.v_proj.weight.double().reshape(-1, head_dim, hidden)  # [kv heads, head_dim, hidden]
-        _set(attn.v_proj, torch.einsum("dk,gdi->gki", h, v).reshape(-1, hidden))  # Hᵀ W per head
-        o = attn.o_proj.weight.double().reshape(hidden, -1, head_dim)  # [hidden, heads, head_dim]
-        _set(attn.o_proj, torch.einsum("ohd,dk->ohk", o, h).reshape(hidden, -1))  # W H per head
+        rotate_layer(layer, q, h if values else None)
+    return description(cfg, seed, values)
+
+
+def matrices(cfg, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual rotation Q (hidden × hidden) and the per-head value rotation H (head_dim × head_dim)."""
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return hadamard(cfg.hidden_size, seed), hadamard(head_dim, seed + 1)
+
+
+def rotate_rows(table: torch.Tensor, q: torch.Tensor, gain: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows of the embedding or the head, (W · g) Q in float64, back in float32 (g: the final norm's gain)."""
+    w = table.double()
+    if gain is not None:
+        w = w * gain.double()[None, :]
+    return (w @ q).float()
+
+
+@torch.no_grad()
+def rotate_layer(layer, q: torch.Tensor, h: torch.Tensor | None = None) -> None:
+    """Fold the norm gains and Q into one decoder layer; with `h`, the per-head value rotation too."""
+    attn, mlp = layer.self_attn, layer.mlp
+    hidden = q.shape[0]
+    for norm, readers in ((layer.input_layernorm, (attn.q_proj, attn.k_proj, attn.v_proj)),
+                          (layer.post_attention_layernorm, (mlp.gate_proj, mlp.up_proj))):
+        gain = norm.weight.double()
+        for linear in readers:
+            _set(linear, (linear.weight.double() * gain[None, :]) @ q)
+        norm.weight.fill_(1.0)
+    for linear in (attn.o_proj, mlp.down_proj):
+        _set(linear, q.T @ linear.weight.double())
+    if h is None:
+        return
+    head_dim = h.shape[0]
+    v = attn.v_proj.weight.double().reshape(-1, head_dim, hidden)  # [kv heads, head_dim, hidden]
+    _set(attn.v_proj, torch.einsum("dk,gdi->gki", h, v).reshape(-1, hidden))  # Hᵀ W per head
+    o = attn.o_proj.weight.double().reshape(hidden, -1, head_dim)  # [hidden, heads, head_dim]
+    _set(attn.o_proj, torch.einsum("ohd,dk->ohk", o, h).reshape(hidden, -1))  # W H per head
+
+
+def description(cfg, seed: int, values: bool) -> dict:
+    hidden = cfg.hidden_size
+    head_dim = getattr(cfg, "head_dim", None) or hidden // cfg.num_attention_heads
     kind = "randomized Hadamard" if hidden & (hidden - 1) == 0 else "random orthogonal"
     return {"method": "rotation", "residual": f"{kind} {hidden}",
             "values": f"randomized Hadamard {head_dim} per head" if values else None, "seed": seed}

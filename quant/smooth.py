@@ -70,47 +70,61 @@ def _expand(layer, site: str, scale: torch.Tensor) -> torch.Tensor:
     return scale[_value_channel(layer)] if site == "vo" else scale
 
 
-@torch.no_grad()
-def collect_stats(model, batches: Iterable[dict[str, torch.Tensor]], sample_rows: int = 512) -> list[dict[str, SiteStats]]:
-    """Run the calibration batches (input_ids, attention_mask) and record every site's input statistics."""
-    layers = model.model.layers
-    acc: list[dict[str, dict]] = [{s: {"max": None, "sum": None, "n": 0, "rows": []} for s in SITES} for _ in layers]
-    hooks = []
-    current_mask: dict[str, torch.Tensor] = {}
+class LayerRecorder:
+    """Forward hooks on one layer's site readers that accumulate the sites' input statistics.
 
-    def hook(index: int, site: str):
+    `mask` (set per batch) selects the real tokens of a [batch, length] input. The rows kept as a sample are
+    drawn with a generator seeded by the layer's index and the site, so the statistics of a layer are the
+    same whether the model runs whole or one layer at a time (qrr.export.stream).
+    """
+
+    def __init__(self, layer, index: int, sample_rows: int = 512) -> None:
+        self.layer, self.index, self.sample_rows = layer, index, sample_rows
+        self.mask: torch.Tensor | None = None
+        self.acc = {s: {"max": None, "sum": None, "n": 0, "rows": []} for s in SITES}
+        self.gens = {s: torch.Generator().manual_seed(1009 * index + k) for k, s in enumerate(SITES)}
+        self.hooks = [reader.register_forward_hook(self._hook(site)) for site, (reader, _) in
+                      _site_modules(layer).items()]
+
+    def _hook(self, site: str):
         def fn(module, inputs, output):
             x = inputs[0]
-            mask = current_mask["mask"].bool()
-            rows = x[mask] if x.dim() == 3 else x
-            a = acc[index][site]
+            rows = x[self.mask.bool()] if x.dim() == 3 else x
+            a = self.acc[site]
             ab = rows.abs().float()
             a["max"] = ab.amax(0) if a["max"] is None else torch.maximum(a["max"], ab.amax(0))
             a["sum"] = ab.sum(0) if a["sum"] is None else a["sum"] + ab.sum(0)
             a["n"] += rows.shape[0]
-            a["rows"].append(rows[torch.randperm(rows.shape[0])[: sample_rows // 4]].float())
+            pick = torch.randperm(rows.shape[0], generator=self.gens[site])[: self.sample_rows // 4]
+            a["rows"].append(rows[pick].float())
 
         return fn
 
-    for i, layer in enumerate(layers):
-        for site, (reader, _) in _site_modules(layer).items():
-            hooks.append(reader.register_forward_hook(hook(i, site)))
-    try:
-        for batch in batches:
-            current_mask["mask"] = batch["attention_mask"]
-            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    finally:
-        for h in hooks:
+    def close(self) -> dict[str, SiteStats]:
+        """Remove the hooks; the statistics of every site."""
+        for h in self.hooks:
             h.remove()
-    stats = []
-    for layer_acc in acc:
         out = {}
-        for site, a in layer_acc.items():
+        for site, a in self.acc.items():
             if a["n"] == 0:
                 raise ValueError("calibration produced no activations; give at least one non-empty pair")
             rows = torch.cat(a["rows"])
-            out[site] = SiteStats(a["max"], a["sum"] / a["n"], rows[torch.randperm(rows.shape[0])[:sample_rows]])
-        stats.append(out)
+            pick = torch.randperm(rows.shape[0], generator=self.gens[site])[: self.sample_rows]
+            out[site] = SiteStats(a["max"], a["sum"] / a["n"], rows[pick])
+        return out
+
+
+@torch.no_grad()
+def collect_stats(model, batches: Iterable[dict[str, torch.Tensor]], sample_rows: int = 512) -> list[dict[str, SiteStats]]:
+    """Run the calibration batches (input_ids, attention_mask) and record every site's input statistics."""
+    recorders = [LayerRecorder(layer, i, sample_rows) for i, layer in enumerate(model.model.layers)]
+    try:
+        for batch in batches:
+            for r in recorders:
+                r.mask = batch["attention_mask"]
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    finally:
+        stats = [r.close() for r in recorders]
     return stats
 
 
@@ -156,12 +170,18 @@ def fake_quant(weight: torch.Tensor, bits: int, block: int, symmetric: bool) -> 
 def smoothquant(model, stats: list[dict[str, SiteStats]], alpha: float = 0.5, sites: tuple[str, ...] = SITES) -> dict:
     """SmoothQuant scales at `sites`; flattens activation outliers before int8 activation quantization."""
     for layer, layer_stats in zip(model.model.layers, stats):
-        for site in sites:
-            readers = _site_modules(layer)[site][1]
-            wmax = _per_site(layer, site, torch.stack([p.weight.abs().amax(0) for p in readers]).amax(0)).clamp(min=1e-8)
-            xmax = _per_site(layer, site, layer_stats[site].absmax).clamp(min=1e-8)
-            fold(layer, site, (xmax**alpha / wmax ** (1 - alpha)).clamp(min=1e-4))
+        smoothquant_layer(layer, layer_stats, alpha, sites)
     return {"method": "smoothquant", "alpha": alpha, "sites": list(sites)}
+
+
+@torch.no_grad()
+def smoothquant_layer(layer, stats: dict[str, SiteStats], alpha: float = 0.5, sites: tuple[str, ...] = SITES) -> None:
+    """SmoothQuant scales folded into one layer."""
+    for site in sites:
+        readers = _site_modules(layer)[site][1]
+        wmax = _per_site(layer, site, torch.stack([p.weight.abs().amax(0) for p in readers]).amax(0)).clamp(min=1e-8)
+        xmax = _per_site(layer, site, stats[site].absmax).clamp(min=1e-8)
+        fold(layer, site, (xmax**alpha / wmax ** (1 - alpha)).clamp(min=1e-4))
 
 
 @torch.no_grad()
@@ -171,25 +191,38 @@ def awq(model, stats: list[dict[str, SiteStats]], *, bits: int = 4, block: int =
     weights are quantized."""
     chosen = []
     for layer, layer_stats in zip(model.model.layers, stats):
-        for site in sites:
-            st = layer_stats[site]
-            readers = _site_modules(layer)[site][1]
-            x = st.sample
-            reference = [x @ p.weight.T.float() for p in readers]
-            mean = _per_site(layer, site, st.absmean, reduce="mean").clamp(min=1e-8)
-            best = (float("inf"), 0.0, None)
-            for k in range(grid):
-                alpha = k / (grid - 1)
-                s = mean**alpha
-                s = s / (s.max() * s.min()).sqrt()  # centre the scales around 1
-                wide = _expand(layer, site, s)
-                err = 0.0
-                for p, ref in zip(readers, reference):
-                    wq = fake_quant(p.weight.float() * wide[None, :], bits, block, symmetric)
-                    err += ((x / wide) @ wq.T - ref).pow(2).mean().item()
-                if err < best[0]:
-                    best = (err, alpha, s)
-            fold(layer, site, best[2])
-            chosen.append(best[1])
-    return {"method": "awq", "bits": bits, "block_size": block, "alpha_mean": sum(chosen) / len(chosen),
+        chosen += awq_layer(layer, layer_stats, bits=bits, block=block, symmetric=symmetric, grid=grid, sites=sites)
+    return awq_info(chosen, bits, block, sites)
+
+
+def awq_info(alphas: list[float], bits: int, block: int, sites: tuple[str, ...]) -> dict:
+    return {"method": "awq", "bits": bits, "block_size": block, "alpha_mean": sum(alphas) / len(alphas),
             "sites": list(sites)}
+
+
+@torch.no_grad()
+def awq_layer(layer, stats: dict[str, SiteStats], *, bits: int = 4, block: int = 32, symmetric: bool = False,
+              grid: int = 11, sites: tuple[str, ...] = SITES) -> list[float]:
+    """AWQ scales folded into one layer; the α chosen at each site."""
+    chosen = []
+    for site in sites:
+        st = stats[site]
+        readers = _site_modules(layer)[site][1]
+        x = st.sample
+        reference = [x @ p.weight.T.float() for p in readers]
+        mean = _per_site(layer, site, st.absmean, reduce="mean").clamp(min=1e-8)
+        best = (float("inf"), 0.0, None)
+        for k in range(grid):
+            alpha = k / (grid - 1)
+            s = mean**alpha
+            s = s / (s.max() * s.min()).sqrt()  # centre the scales around 1
+            wide = _expand(layer, site, s)
+            err = 0.0
+            for p, ref in zip(readers, reference):
+                wq = fake_quant(p.weight.float() * wide[None, :], bits, block, symmetric)
+                err += ((x / wide) @ wq.T - ref).pow(2).mean().item()
+            if err < best[0]:
+                best = (err, alpha, s)
+        fold(layer, site, best[2])
+        chosen.append(best[1])
+    return chosen
