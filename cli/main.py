@@ -384,16 +384,20 @@ def rank_artifacts(results: list[dict]) -> list[dict]:
 
 
 def _standin(args: argparse.Namespace) -> int:
-    from qrr.export.standin import make_standin
+    from qrr.export.progress import Progress
+    from qrr.export.standin import STREAMED_SHAPES, make_standin
 
     if args.output.exists() and any(args.output.iterdir()):
         raise QrrError(f"output folder {args.output} exists and is not empty; choose a new folder or remove it")
+    streamed = args.streamed or args.shape in STREAMED_SHAPES
     try:
         path = make_standin(args.output, shape=args.shape, tokenizer=args.tokenizer, seed=args.seed,
-                            outliers=args.outliers, train_steps=args.train_steps)
+                            outliers=args.outliers, train_steps=args.train_steps, streamed=streamed,
+                            progress=Progress())
     except ImportError as exc:  # torch or transformers missing
         raise QrrError(f"{EXPORT_EXTRA} ({exc})") from None
     weights = f"trained {args.train_steps} steps" if args.train_steps else "random weights"
+    weights += ", bf16 shards written tensor by tensor" if streamed else ""
     print(f"stand-in {args.shape} checkpoint ({weights}) written to {path}", file=sys.stderr)
     return 0
 
@@ -540,6 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-steps", type=int, default=0,
                    help="first train it this many steps as a reranker on the built-in pairs, so that its scores "
                         "spread like a real reranker's (tiny/small shapes: 40-80; 0 = random weights)")
+    p.add_argument("--streamed", action="store_true",
+                   help="write bf16 safetensors shards tensor by tensor, never the whole model in memory (always "
+                        "for 4b and 8b; random weights only)")
     p.set_defaults(run=_standin)
     return parser
 

@@ -8,10 +8,14 @@ agreement between an artifact and the reference on it is what is measured.
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
+from qrr.export.progress import Progress
 from qrr.runtime.errors import QrrError
 from qrr.runtime.pairs import BUILTIN_FILE, load_queries
 from qrr.runtime.prompt import PREFIX, SUFFIX, pair_text
@@ -29,6 +33,11 @@ SHAPES: dict[str, dict[str, Any]] = {
     "8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
                num_key_value_heads=8, head_dim=128, tie_word_embeddings=False, vocab_size=151669),
 }
+# Shapes whose fp32 model would not fit a user's machine: written tensor by tensor in bf16, as published.
+STREAMED_SHAPES = ("4b", "8b")
+ROPE_THETA = 1_000_000.0
+MAX_SHARD_BYTES = 4 * 2**30  # the published checkpoints' shards are about 4 GB
+INIT_CHUNK = 1 << 24  # values drawn at a time (64 MB of fp32)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json")
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 ADDED = ["<think>", "</think>"]
@@ -82,6 +91,8 @@ def make_standin(
     outlier_channels: int = 4,
     massive: float = 0.0,
     train_fraction: float = 1.0,
+    streamed: bool | None = None,
+    progress: Progress | None = None,
 ) -> Path:
     """Write a random-weight Qwen3 causal LM with a reranker's tokenizer to `out_dir`; returns the path.
 
@@ -95,36 +106,33 @@ def make_standin(
     training. `train_steps` > 0 trains it briefly as a reranker on the built-in evaluation pairs (a seeded
     `train_fraction` of the queries: other members of a family see other text; see train_reranker), so that
     its scores spread like a real reranker's instead of clustering in near-ties.
+    `streamed` writes bf16 shards tensor by tensor instead (write_streamed_standin), without the model in
+    memory; None streams the shapes in STREAMED_SHAPES, whose fp32 model would not fit a user's machine.
+    Streaming writes random weights only: with training, outliers or massive tokens it is refused.
+    `progress` (a qrr.export.progress.Progress) reports the streamed writing.
     """
-    import torch
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
-
     if shape not in SHAPES:
         raise QrrError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
+    if streamed is None:
+        streamed = shape in STREAMED_SHAPES
+    if streamed:
+        asked = [name for name, value in (("train_steps", train_steps), ("outliers", outliers),
+                                          ("outlier_kinds", outlier_kinds), ("massive", massive)) if value]
+        if asked:
+            why = f"the {shape} stand-in is" if shape in STREAMED_SHAPES else "a streamed stand-in is"
+            raise QrrError(
+                f"{why} written tensor by tensor in bf16 and cannot take {', '.join(asked)}: training and "
+                "the outlier rescales need the whole model in memory (fp32); use a smaller shape (tiny, small, 0.6b)"
+            )
+        return write_streamed_standin(out_dir, shape=shape, tokenizer=tokenizer, seed=seed, init_std=init_std,
+                                      progress=progress)
+
+    import torch
+    from transformers import Qwen3ForCausalLM
+
     out = Path(out_dir)
-    if tokenizer is not None:
-        tok_file = Path(tokenizer) / "tokenizer.json"
-        if not tok_file.is_file():
-            raise QrrError(f"{tokenizer} has no tokenizer.json")
-        tok = Tokenizer.from_file(str(tok_file))
-    else:
-        tok = build_tokenizer()
-    params = dict(SHAPES[shape])
-    vocab_size = max(params.pop("vocab_size", 0), tok.get_vocab_size(with_added_tokens=True))
-    im_end = tok.token_to_id("<|im_end|>")
-    config = Qwen3Config(
-        vocab_size=vocab_size,
-        max_position_embeddings=40960,
-        rope_theta=1_000_000.0,
-        rms_norm_eps=1e-6,
-        initializer_range=init_std,
-        bos_token_id=tok.token_to_id("<|endoftext|>"),
-        eos_token_id=im_end,
-        use_sliding_window=False,
-        architectures=["Qwen3ForCausalLM"],
-        **params,
-    )
+    tok = _load_tokenizer(tokenizer)
+    config = _standin_config(shape, tok, init_std)
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(config).eval()
     if massive:
@@ -137,15 +145,7 @@ def make_standin(
     for kind, factor in kinds.items():
         add_activation_outliers(model, factor, channels=outlier_channels, kinds=(kind,))
     model.save_pretrained(out)
-    if tokenizer is not None:  # the given tokenizer's files as they are, so transformers loads it as users do
-        for name in TOKENIZER_FILES:
-            if (Path(tokenizer) / name).is_file():
-                shutil.copyfile(Path(tokenizer) / name, out / name)
-    else:
-        fast = PreTrainedTokenizerFast(
-            tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", model_max_length=131072
-        )
-        fast.save_pretrained(out)
+    _save_tokenizer(out, tok, tokenizer)
     (out / "qrr-standin.json").write_text(
         json.dumps(
             {"shape": shape, "seed": seed, "init_std": init_std, "outliers": outliers, "train_steps": train_steps,
@@ -155,6 +155,208 @@ def make_standin(
         )
     )
     return out
+
+
+def write_streamed_standin(
+    out_dir: str | Path,
+    *,
+    shape: str = "tiny",
+    tokenizer: str | Path | None = None,
+    seed: int = 0,
+    init_std: float = 0.02,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+    progress: Progress | None = None,
+) -> Path:
+    """Write a random-weight Qwen3 stand-in as bf16 safetensors shards, one tensor at a time; returns the path.
+
+    The layout is the published checkpoints': config.json saying bfloat16, `model-0000i-of-0000n.safetensors`
+    shards of at most `max_shard_bytes` (a larger tensor gets a shard of its own) with
+    `model.safetensors.index.json`, or one `model.safetensors` when everything fits in one shard, and the
+    tensor names of transformers' Qwen3ForCausalLM, so `AutoModelForCausalLM.from_pretrained` loads it as it
+    is. The weights are initialised as transformers does (linear and embedding weights normal(0, init_std),
+    RMSNorm weights ones), each tensor from its own generator seeded by `seed` and its name, so the result
+    does not depend on the shard size. Only one tensor is in memory at a time: the 8B shape (16 GB on disk)
+    needs about 1.3 GB, its embedding table. `tokenizer` as for make_standin.
+    """
+    import torch
+    from transformers import GenerationConfig
+
+    if shape not in SHAPES:
+        raise QrrError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
+    if max_shard_bytes <= 0:
+        raise QrrError(f"max_shard_bytes must be positive, not {max_shard_bytes}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = _load_tokenizer(tokenizer)
+    config = _standin_config(shape, tok, init_std)
+    config.dtype = torch.bfloat16
+    tensors = qwen3_tensor_shapes(config)
+    shards = _plan_shards(tensors, max_shard_bytes)
+    names = (["model.safetensors"] if len(shards) == 1 else
+             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    progress = progress or Progress(enabled=False)
+    with progress.step(f"writing the {shape} stand-in in bf16", total=len(tensors), unit="tensor") as step:
+        for name, shard in zip(names, shards):
+            _write_safetensors(out / name, shard, seed=seed, std=init_std, done=step.update)
+    if len(shards) > 1:
+        index = {
+            "metadata": {"total_size": sum(_nbytes(shp) for _, shp, _ in tensors)},
+            "weight_map": {tensor: name for name, shard in zip(names, shards) for tensor, _, _ in shard},
+        }
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    config.save_pretrained(out)
+    GenerationConfig.from_model_config(config).save_pretrained(out)
+    # the published config.json's own keys too, which transformers 4.x reads (5.x writes dtype, rope_parameters)
+    saved = json.loads((out / "config.json").read_text())
+    saved.update(torch_dtype="bfloat16", rope_theta=ROPE_THETA)
+    (out / "config.json").write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    _save_tokenizer(out, tok, tokenizer)
+    (out / "qrr-standin.json").write_text(
+        json.dumps(
+            {"shape": shape, "seed": seed, "init_std": init_std, "outliers": 0.0, "train_steps": 0,
+             "streamed": True, "dtype": "bfloat16", "shards": len(shards), "max_shard_bytes": max_shard_bytes,
+             "tokenizer": str(tokenizer or "generated")},
+            indent=2,
+        )
+    )
+    return out
+
+
+def qwen3_tensor_shapes(config) -> list[tuple[str, tuple[int, ...], str]]:
+    """(name, shape, init) of every tensor Qwen3ForCausalLM saves for `config`, in its order; init is
+    "normal" (linear and embedding weights) or "ones" (RMSNorm weights). Qwen3 has no biases."""
+    hidden, inter = config.hidden_size, config.intermediate_size
+    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+    q_dim, kv_dim = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+    tensors = [("model.embed_tokens.weight", (config.vocab_size, hidden), "normal")]
+    for i in range(config.num_hidden_layers):
+        layer = f"model.layers.{i}"
+        tensors += [
+            (f"{layer}.self_attn.q_proj.weight", (q_dim, hidden), "normal"),
+            (f"{layer}.self_attn.k_proj.weight", (kv_dim, hidden), "normal"),
+            (f"{layer}.self_attn.v_proj.weight", (kv_dim, hidden), "normal"),
+            (f"{layer}.self_attn.o_proj.weight", (hidden, q_dim), "normal"),
+            (f"{layer}.self_attn.q_norm.weight", (head_dim,), "ones"),
+            (f"{layer}.self_attn.k_norm.weight", (head_dim,), "ones"),
+            (f"{layer}.mlp.gate_proj.weight", (inter, hidden), "normal"),
+            (f"{layer}.mlp.up_proj.weight", (inter, hidden), "normal"),
+            (f"{layer}.mlp.down_proj.weight", (hidden, inter), "normal"),
+            (f"{layer}.input_layernorm.weight", (hidden,), "ones"),
+            (f"{layer}.post_attention_layernorm.weight", (hidden,), "ones"),
+        ]
+    tensors.append(("model.norm.weight", (hidden,), "ones"))
+    if not config.tie_word_embeddings:
+        tensors.append(("lm_head.weight", (config.vocab_size, hidden), "normal"))
+    return tensors
+
+
+def _nbytes(shape: tuple[int, ...]) -> int:
+    return 2 * math.prod(shape)  # bf16
+
+
+def _plan_shards(tensors: list, max_bytes: int) -> list[list]:
+    """Consecutive tensors in shards of at most `max_bytes`; a larger tensor alone in its shard."""
+    shards: list[list] = [[]]
+    size = 0
+    for tensor in tensors:
+        nbytes = _nbytes(tensor[1])
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(tensor)
+        size += nbytes
+    return shards
+
+
+def _write_safetensors(path: Path, tensors: list, *, seed: int, std: float, done) -> None:
+    """One safetensors file of bf16 `tensors`, each generated just before its bytes are written.
+
+    The format is an 8-byte little-endian header length, a JSON header of dtype, shape and byte offsets
+    (padded with spaces to 8 bytes), then the tensors' bytes: the shapes are known, so the header comes first
+    and no tensor waits in memory for the others.
+    """
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape, _ in tensors:
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + _nbytes(shape)]}
+        offset += _nbytes(shape)
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for name, shape, init in tensors:
+            f.write(_bf16_bytes(_init_tensor(name, shape, init, seed=seed, std=std)))
+            done(1)
+
+
+def _init_tensor(name: str, shape: tuple[int, ...], init: str, *, seed: int, std: float):
+    """A bf16 tensor as transformers initialises it, from a generator seeded by `seed` and the name."""
+    import torch
+
+    if init == "ones":
+        return torch.ones(shape, dtype=torch.bfloat16)
+    gen = torch.Generator().manual_seed((seed << 32 | zlib.crc32(name.encode())) & 0xFFFF_FFFF_FFFF_FFFF)
+    out = torch.empty(shape, dtype=torch.bfloat16)
+    flat = out.view(-1)
+    for start in range(0, flat.numel(), INIT_CHUNK):  # fp32 draws (faster than bf16 ones), a chunk at a time
+        chunk = flat[start : start + INIT_CHUNK]
+        chunk.copy_(torch.empty(chunk.numel()).normal_(0.0, std, generator=gen))
+    return out
+
+
+def _bf16_bytes(tensor):
+    """The little-endian bytes of a bf16 tensor, without a copy on little-endian machines."""
+    import torch
+
+    return tensor.contiguous().view(torch.int16).numpy().astype("<i2", copy=False).data
+
+
+def _load_tokenizer(tokenizer: str | Path | None):
+    """The tokenizers.Tokenizer of the folder `tokenizer`, or the generated one."""
+    from tokenizers import Tokenizer
+
+    if tokenizer is None:
+        return build_tokenizer()
+    tok_file = Path(tokenizer) / "tokenizer.json"
+    if not tok_file.is_file():
+        raise QrrError(f"{tokenizer} has no tokenizer.json")
+    return Tokenizer.from_file(str(tok_file))
+
+
+def _standin_config(shape: str, tok, init_std: float):
+    """The Qwen3Config of `shape` as published (rope, norm, positions), with `tok`'s special tokens."""
+    from transformers import Qwen3Config
+
+    params = dict(SHAPES[shape])
+    vocab_size = max(params.pop("vocab_size", 0), tok.get_vocab_size(with_added_tokens=True))
+    return Qwen3Config(
+        vocab_size=vocab_size,
+        max_position_embeddings=40960,
+        rope_theta=ROPE_THETA,
+        rms_norm_eps=1e-6,
+        initializer_range=init_std,
+        bos_token_id=tok.token_to_id("<|endoftext|>"),
+        eos_token_id=tok.token_to_id("<|im_end|>"),
+        use_sliding_window=False,
+        architectures=["Qwen3ForCausalLM"],
+        **params,
+    )
+
+
+def _save_tokenizer(out: Path, tok, tokenizer: str | Path | None) -> None:
+    """The given tokenizer folder's files as they are, so transformers loads it as users do; else `tok`."""
+    from transformers import PreTrainedTokenizerFast
+
+    if tokenizer is not None:
+        for name in TOKENIZER_FILES:
+            if (Path(tokenizer) / name).is_file():
+                shutil.copyfile(Path(tokenizer) / name, out / name)
+        return
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", model_max_length=131072
+    )
+    fast.save_pretrained(out)
 
 
 OUTLIER_CHANNELS = 4

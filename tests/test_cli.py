@@ -154,6 +154,17 @@ def test_standin_command(tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
 
 
+def test_standin_command_streams_4b_and_8b_and_refuses_training(tmp_path, capsys):
+    pytest.importorskip("torch")
+    assert main(["standin", "-o", str(tmp_path / "8b"), "--shape", "8b", "--train-steps", "5"]) == 2
+    assert "whole model in memory" in capsys.readouterr().err
+    out = tmp_path / "tiny"
+    assert main(["standin", "-o", str(out), "--shape", "tiny", "--streamed", "--seed", "2"]) == 0
+    assert "bf16 shards" in capsys.readouterr().err
+    assert json.loads((out / "qrr-standin.json").read_text())["streamed"] is True
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+
+
 def test_serve_command_starts_and_answers(fp32_artifact):
     pytest.importorskip("uvicorn")
     import socket
