@@ -98,3 +98,70 @@ def load_model(checkpoint: Checkpoint, attn_implementation: str | None = None):
     except Exception as exc:
         raise CheckpointError(f"cannot load the weights of {checkpoint.source}: {first_line(exc)}") from None
     return model.eval()
+
+
+class WeightReader:
+    """A checkpoint's tensors by name, read one at a time from its safetensors files (the streamed export's
+    source: memory holds the tensors asked for, never the model)."""
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        path = checkpoint.path
+        index = path / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = read_json_object(index, CheckpointError, "fix or re-download the checkpoint").get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise CheckpointError(f"{index} has no weight_map; fix or re-download the checkpoint")
+            self.files = {name: path / file for name, file in weight_map.items()}
+        elif (path / "model.safetensors").is_file():
+            self.files = {name: path / "model.safetensors" for name in self._keys(path / "model.safetensors")}
+        else:
+            raise CheckpointError(
+                f"{checkpoint.source} has no safetensors weights (model.safetensors or model.safetensors.index.json); "
+                "the streamed export reads safetensors: re-save the checkpoint with save_pretrained()"
+            )
+        self.source = checkpoint.source
+        missing = sorted({f for f in self.files.values() if not f.is_file()})
+        if missing:
+            raise CheckpointError(f"{checkpoint.source} lacks the weight file {missing[0].name} its index lists")
+
+    @staticmethod
+    def _keys(file: Path) -> list[str]:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                return list(f.keys())
+        except Exception as exc:
+            raise CheckpointError(f"cannot read {file}: {first_line(exc)}") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.files
+
+    def get(self, name: str, rows: tuple[int, int] | None = None):
+        """The tensor `name` in fp32 (or only its rows start:stop)."""
+        import torch
+        from safetensors import safe_open
+
+        if name not in self.files:
+            raise CheckpointError(f"{self.source} has no tensor {name!r}; is it a Qwen3 checkpoint?")
+        try:
+            with safe_open(str(self.files[name]), framework="pt") as f:
+                tensor = f.get_tensor(name) if rows is None else f.get_slice(name)[rows[0] : rows[1]]
+        except Exception as exc:
+            raise CheckpointError(f"cannot read {name} from {self.files[name]}: {first_line(exc)}") from None
+        return tensor.to(torch.float32)
+
+    def rows(self, name: str, ids: list[int]):
+        """Rows `ids` of the 2-D tensor `name`, in fp32, stacked in that order."""
+        import torch
+        from safetensors import safe_open
+
+        with safe_open(str(self.files[name]), framework="pt") as f:
+            part = f.get_slice(name)
+            return torch.stack([part[i : i + 1][0] for i in ids]).to(torch.float32)
+
+    def shape(self, name: str) -> list[int]:
+        from safetensors import safe_open
+
+        with safe_open(str(self.files[name]), framework="pt") as f:
+            return list(f.get_slice(name).get_shape())

@@ -80,6 +80,19 @@ def fold_scales(model, tokenizer, preset: Preset, calibration: str | Path | None
     """Fold activation-aware scales into the torch model, from the calibration pairs' activations."""
     from qrr.quant import smooth
 
+    batches = calibration_batches(tokenizer, calibration, max_length)
+    stats = smooth.collect_stats(model, batches)
+    if preset.method == "smoothquant":
+        info = smooth.smoothquant(model, stats, sites=preset.sites)
+    else:
+        info = smooth.awq(model, stats, bits=preset.bits, block=preset.block_size, symmetric=preset.symmetric,
+                          sites=preset.sites)
+    info["calibration"] = calibration_info(calibration, batches)
+    return info
+
+
+def calibration_batches(tokenizer, calibration: str | Path | None, max_length: int) -> list[dict[str, Any]]:
+    """The calibration pairs (a seeded sample of CALIBRATION_PAIRS), tokenized by the recipe in batches of 8."""
     from .reference import RecipeTokenizer
 
     pairs = [(q, d) for q in load_queries(calibration) for d in q.documents]
@@ -90,14 +103,12 @@ def fold_scales(model, tokenizer, preset: Preset, calibration: str | Path | None
     for start in range(0, len(pairs), 8):
         inputs = recipe.process_inputs([pair_text(q.query, d, q.instruction) for q, d in pairs[start : start + 8]])
         batches.append({"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]})
-    stats = smooth.collect_stats(model, batches)
-    if preset.method == "smoothquant":
-        info = smooth.smoothquant(model, stats, sites=preset.sites)
-    else:
-        info = smooth.awq(model, stats, bits=preset.bits, block=preset.block_size, symmetric=preset.symmetric,
-                          sites=preset.sites)
-    info["calibration"] = {"data": "built-in" if calibration is None else str(calibration), "pairs": len(pairs)}
-    return info
+    return batches
+
+
+def calibration_info(calibration: str | Path | None, batches: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"data": "built-in" if calibration is None else str(calibration),
+            "pairs": sum(len(b["input_ids"]) for b in batches)}
 
 
 @contextlib.contextmanager

@@ -44,6 +44,7 @@ def export_onnx(
     rotate: bool | None = None,
     calibration: str | Path | None = None,
     preset: Preset | None = None,
+    stream: bool | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Export `source` (a checkpoint folder or hub id) into the ONNX artifact folder `out_dir`.
@@ -52,6 +53,8 @@ def export_onnx(
     qrr.export.presets.PRESETS, which `method`, `block_size` and `accuracy_level` override, and `calibration`
     (JSON Lines pairs, default: the built-in set) feeds the activation-aware methods; `kernel` and `rotate`
     override the int8 kernel and the rotation. `preset` replaces the precision's preset whole (sweeps).
+    `stream` builds the graph one layer at a time from the safetensors files (qrr.export.stream: memory of
+    about one layer, for 4B/8B checkpoints); None streams when the whole-model path would not fit in memory.
 
     Returns the manifest. With `validate`, runs the built-in evaluation (or `data`) against the model card's
     fp32 recipe, stores validation.json, and raises ValidationError when max |ΔP| exceeds `max_drop`.
@@ -63,39 +66,67 @@ def export_onnx(
                             kernel=kernel, rotate=rotate, calibration=calibration)
     out = check_options(out_dir, max_length)
     src = open_source(source, revision, progress)
-    with artifact_folder(out):
-        with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
-            traced = Path(tmp) / MODEL_FILE
-            model, smoothing = load_folded(src, preset, calibration, max_length, progress)
-            body = "fp16" if precision == "fp16" else "fp32"
-            with progress.step(f"tracing the scoring graph to ONNX ({body} body)"):
-                trace(model, src.yes_id, src.no_id, traced, fp16=precision == "fp16")
-            del model
-            gc.collect()
-            if preset is None:
-                with progress.step(f"saving the {body} graph"):
-                    files = consolidate(traced, out / MODEL_FILE)
-                scheme = FP16_SCHEME if precision == "fp16" else None
-            else:
-                from qrr.quant import quantize_weights
+    if stream is None:
+        from .stream import should_stream
 
-                rounding = "hqq" if preset.method == "hqq" else "rtn"
-                with progress.step(f"quantizing to {precision} ({preset.kernel}, {preset.method})"):
-                    scheme = quantize_weights(
-                        traced, out / MODEL_FILE, bits=preset.bits, block_size=preset.block_size,
-                        symmetric=preset.symmetric, accuracy_level=preset.accuracy_level,
-                        embedding_bits=preset.embedding_bits, embedding_block=preset.embedding_block,
-                        method=rounding, kernel=preset.kernel,
-                    )
-                    files = [MODEL_FILE, MODEL_FILE + ".data"]
-                scheme.update(method=preset.method, smoothing=smoothing)
-        backend: dict[str, Any] = {"opset": OPSET}
+        stream = should_stream(src.checkpoint)
+    with artifact_folder(out):
+        if stream:
+            scheme = _export_streamed(src, out, precision, preset, calibration, max_length, progress)
+            files = [MODEL_FILE, MODEL_FILE + ".data"]
+        else:
+            scheme, files = _export_whole(src, out, precision, preset, calibration, max_length, progress)
+        backend: dict[str, Any] = {"opset": OPSET, "streamed": stream}
         if precision != "fp16":
             with progress.step("fusing the graph offline (onnxruntime, extended level)"):
                 backend["graph"] = optimize_offline(out / MODEL_FILE)
         manifest = write_artifact(out, src, format="onnx", precision=precision, scheme=scheme, max_length=max_length,
                                   model_files=files, backend=backend)
     return finish(out, manifest, src, validate=validate, data=data, max_drop=max_drop, progress=progress)
+
+
+def _export_whole(src, out: Path, precision: str, preset: Preset | None, calibration, max_length: int,
+                  progress: Progress) -> tuple[dict[str, Any] | None, list[str]]:
+    """The whole model in memory: load, fold, trace, quantize the traced graph."""
+    with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
+        traced = Path(tmp) / MODEL_FILE
+        model, smoothing = load_folded(src, preset, calibration, max_length, progress)
+        body = "fp16" if precision == "fp16" else "fp32"
+        with progress.step(f"tracing the scoring graph to ONNX ({body} body)"):
+            trace(model, src.yes_id, src.no_id, traced, fp16=precision == "fp16")
+        del model
+        gc.collect()
+        if preset is None:
+            with progress.step(f"saving the {body} graph"):
+                files = consolidate(traced, out / MODEL_FILE)
+            return (FP16_SCHEME if precision == "fp16" else None), files
+        from qrr.quant import quantize_weights
+
+        rounding = "hqq" if preset.method == "hqq" else "rtn"
+        with progress.step(f"quantizing to {precision} ({preset.kernel}, {preset.method})"):
+            scheme = quantize_weights(
+                traced, out / MODEL_FILE, bits=preset.bits, block_size=preset.block_size,
+                symmetric=preset.symmetric, accuracy_level=preset.accuracy_level,
+                embedding_bits=preset.embedding_bits, embedding_block=preset.embedding_block,
+                method=rounding, kernel=preset.kernel,
+            )
+        scheme.update(method=preset.method, smoothing=smoothing)
+        return scheme, [MODEL_FILE, MODEL_FILE + ".data"]
+
+
+def _export_streamed(src, out: Path, precision: str, preset: Preset | None, calibration, max_length: int,
+                     progress: Progress) -> dict[str, Any] | None:
+    """One layer at a time from the safetensors files (qrr.export.stream)."""
+    from .stream import StreamError, export_streamed
+
+    if precision == "fp16":
+        raise StreamError("the fp16 export is not streamed; export fp32, int8 or int4, or pass --no-stream")
+    scheme, smoothing = export_streamed(src, out / MODEL_FILE, preset=preset, calibration=calibration,
+                                        max_length=max_length, progress=progress)
+    if scheme is None:
+        return None
+    scheme.update(method=preset.method, smoothing=smoothing, streamed=True)
+    return scheme
 
 
 def optimize_offline(path: Path) -> dict[str, Any]:

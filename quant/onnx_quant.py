@@ -16,6 +16,7 @@ head direction is 1-D.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from qrr.runtime.errors import QrrError
 
 
 EMBEDDING_BLOCK = 32  # embedding rows in blocks: one scale and zero point per 32 values
+EMBEDDING_CHUNK = 8192  # rows quantized at a time: the float temporaries of a 151669-row table stay small
 
 
 class QuantizationError(QrrError):
@@ -68,19 +70,33 @@ def quantize_weights(
     if embedding_bits not in (None, 4, 8):
         raise QuantizationError(f"embedding_bits must be 4, 8 or None, got {embedding_bits}")
     model = onnx.load(str(src))
-    if kernel == "rowwise":
-        linear = quantize_rowwise_int8(model)
-    else:
-        linear = quantize_nbits(model, bits=bits, block_size=block_size, symmetric=symmetric,
-                                accuracy_level=accuracy_level, method=method)
-        model = linear.pop("model")
-    scheme: dict[str, Any] = {"linear": linear, "embedding": None, "head": "fp32"}
-    if embedding_bits == 4 or (embedding_bits == 8 and embedding_block):
-        scheme["embedding"] = quantize_embedding_blocks(model, embedding_block or EMBEDDING_BLOCK, bits=embedding_bits)
-    elif embedding_bits == 8:
-        scheme["embedding"] = quantize_embedding_rows(model)
+    model, linear = quantize_linear(model, bits=bits, block_size=block_size, symmetric=symmetric,
+                                    accuracy_level=accuracy_level, method=method, kernel=kernel)
+    scheme: dict[str, Any] = {"linear": linear, "embedding": quantize_embedding(model, embedding_bits, embedding_block),
+                              "head": "fp32"}
     save_model(model, Path(dst))
     return scheme
+
+
+def quantize_linear(model: onnx.ModelProto, *, bits: int, block_size: int, symmetric: bool, accuracy_level: int,
+                    method: str, kernel: str) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Every MatMul with a constant 2-D weight of `model`, on `kernel`; the new model and the scheme. Runs on a
+    whole graph or on one layer's (qrr.export.stream)."""
+    if kernel == "rowwise":
+        return model, quantize_rowwise_int8(model)
+    linear = quantize_nbits(model, bits=bits, block_size=block_size, symmetric=symmetric,
+                            accuracy_level=accuracy_level, method=method)
+    return linear.pop("model"), linear
+
+
+def quantize_embedding(model: onnx.ModelProto, bits: int | None, block: int | None) -> dict[str, Any] | None:
+    """The embedding table: `bits` in blocks of `block`, or int8 per row when `block` is None; kept when `bits`
+    is None."""
+    if bits == 4 or (bits == 8 and block):
+        return quantize_embedding_blocks(model, block or EMBEDDING_BLOCK, bits=bits)
+    if bits == 8:
+        return quantize_embedding_rows(model)
+    return None
 
 
 def quantize_nbits(model: onnx.ModelProto, *, bits: int, block_size: int, symmetric: bool, accuracy_level: int,
@@ -170,7 +186,8 @@ def quantize_embedding_rows(model: onnx.ModelProto) -> dict[str, Any]:
     return {"op": "Gather+Mul", "bits": 8, "granularity": "per-row", "symmetric": True, "rows": int(table.shape[0])}
 
 
-def quantize_embedding_blocks(model: onnx.ModelProto, block_size: int, bits: int = 4) -> dict[str, Any]:
+def quantize_embedding_blocks(model: onnx.ModelProto, block_size: int, bits: int = 4,
+                              rows_of: Callable[[int, int], np.ndarray] | None = None) -> dict[str, Any]:
     """Replace the embedding Gather by onnxruntime's GatherBlockQuantized: `bits` (4 or 8), blocks along the row.
 
     Asymmetric, one scale and zero point per block of `block_size`, the range stretched to include 0: so no
@@ -180,27 +197,28 @@ def quantize_embedding_blocks(model: onnx.ModelProto, block_size: int, bits: int
     the TorchScript exporter writes (ReduceMean with an axes attribute). This packs 4-bit values two to a
     uint8, which GatherBlockQuantized reads at any opset; 8-bit values are plain uint8 (onnxruntime's
     kernel takes no int8 data).
+
+    `rows_of(start, stop)` gives the table's rows when they are not in the initializer (the streamed export
+    reads them from the checkpoint a chunk at a time); the initializer then only needs its dims.
     """
     if bits not in (4, 8):
         raise QuantizationError(f"embedding bits must be 4 or 8, got {bits}")
     graph = model.graph
     node = _embedding_gather(graph)
     init = next(t for t in graph.initializer if t.name == node.input[0])
-    table = numpy_helper.to_array(init).astype(np.float32)
-    rows, cols = table.shape
+    rows, cols = init.dims
     if cols % block_size:
         raise QuantizationError(f"embedding width ({cols}) is not a multiple of the block size ({block_size})")
-    top = 2**bits - 1
-    blocks = table.reshape(rows, cols // block_size, block_size)
-    lo, hi = np.minimum(blocks.min(-1), 0), np.maximum(blocks.max(-1), 0)  # 0 in range: zero point in [0, top]
-    scale = np.maximum((hi - lo) / top, 1e-12).astype(np.float32)
-    zero = np.clip(np.rint(-lo / scale), 0, top).astype(np.uint8)
-    q = np.clip(np.rint(blocks / scale[..., None]) + zero[..., None], 0, top).astype(np.uint8).reshape(rows, cols)
-    zp = zero.reshape(rows, -1)
-    if bits == 4:
-        q = (q[:, 0::2] | (q[:, 1::2] << 4)).astype(np.uint8)
-        zp = np.pad(zp, ((0, 0), (0, zp.shape[1] % 2)))
-        zp = (zp[:, 0::2] | (zp[:, 1::2] << 4)).astype(np.uint8)
+    if rows_of is None:
+        table = numpy_helper.to_array(init)
+
+        def rows_of(start: int, stop: int) -> np.ndarray:
+            return table[start:stop]
+
+    parts = [embedding_blocks(rows_of(start, min(start + EMBEDDING_CHUNK, rows)), block_size, bits)
+             for start in range(0, rows, EMBEDDING_CHUNK)]
+    q, scale, zp = (np.concatenate(p) for p in zip(*parts))
+    del parts
     base = node.input[0]
     graph.initializer.remove(init)
     graph.initializer.extend(
@@ -224,6 +242,24 @@ def quantize_embedding_blocks(model: onnx.ModelProto, block_size: int, bits: int
     _replace(graph, node, [new])
     _use_contrib_ops(model)
     return {"op": "GatherBlockQuantized", "bits": bits, "block_size": block_size, "symmetric": False, "rows": rows}
+
+
+def embedding_blocks(table: np.ndarray, block_size: int, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of an embedding table as GatherBlockQuantized stores them: (values, scales, zero points), 4-bit
+    values and zero points packed two to a byte. Row by row the same whatever rows it is given."""
+    rows, cols = table.shape
+    top = 2**bits - 1
+    blocks = table.astype(np.float32).reshape(rows, cols // block_size, block_size)
+    lo, hi = np.minimum(blocks.min(-1), 0), np.maximum(blocks.max(-1), 0)  # 0 in range: zero point in [0, top]
+    scale = np.maximum((hi - lo) / top, 1e-12).astype(np.float32)
+    zero = np.clip(np.rint(-lo / scale), 0, top).astype(np.uint8)
+    q = np.clip(np.rint(blocks / scale[..., None]) + zero[..., None], 0, top).astype(np.uint8).reshape(rows, cols)
+    zp = zero.reshape(rows, -1)
+    if bits == 4:
+        q = (q[:, 0::2] | (q[:, 1::2] << 4)).astype(np.uint8)
+        zp = np.pad(zp, ((0, 0), (0, zp.shape[1] % 2)))
+        zp = (zp[:, 0::2] | (zp[:, 1::2] << 4)).astype(np.uint8)
+    return q, scale, zp
 
 
 def quantize_rowwise_int8(model: onnx.ModelProto) -> dict[str, Any]:
