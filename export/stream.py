@@ -378,7 +378,6 @@ def export_streamed(
                 del layer_inits
                 if info:
                     linear_infos.append(info)
-                gc.collect()
                 step.update(1)
         with progress.step("embedding table, final norm and head direction"):
             top_nodes, top_inits, embedding = _top_level(sk, depth, reader, head_name, config, q, preset, writer,
@@ -472,20 +471,25 @@ def _calibrate(runner: LayerRunner, layer, index: int, hidden, batches, preset: 
                                  symmetric=preset.symmetric, sites=preset.sites)
 
 
-def _rename(name: str, template: Template, i: int, keep: set[str]) -> str:
-    if name in keep or not name:
-        return name
-    if template.scope in name:
-        return name.replace(template.scope, f"/layers.{i}/")
+def _rename(name: str, scope: str, i: int) -> str:
+    """A layer template's own name as layer i's: its scope replaced, or a layer prefix on anonymous names."""
+    if scope in name:
+        return name.replace(scope, f"/layers.{i}/")
     return f"layers.{i}/{name}"
 
 
 def _layer_graph(sk: Skeleton, i: int, depth: int, params: dict[str, Any], preset: Preset | None):
     """Layer i's nodes and initializers, quantized as `preset` asks; and the quantizer's scheme."""
     template = sk.first if i == 0 else sk.repeat
-    produced = sk.produced[0 if i == 0 else 1]
-    local = {t.name for t in template.constants} | set(template.weights)
+    own = sk.produced[0 if i == 0 else 1] | {t.name for t in template.constants} | set(template.weights)
+    if i == 0:
+        own -= set(template.outputs)  # later layers read these by their layer-0 names
+    renamed = {name: _rename(name, template.scope, i) for name in own}
     nodes = [copy.deepcopy(n) for n in template.nodes]
+    for n in nodes:
+        n.name = _rename(n.name, template.scope, i)
+        n.input[:] = [renamed.get(x, x) for x in n.input]
+        n.output[:] = [renamed.get(x, x) for x in n.output]
     extra: list[TensorProto] = []
     for (k, m), slot in template.slots.items():
         if slot.kind == "previous":
@@ -497,19 +501,24 @@ def _layer_graph(sk: Skeleton, i: int, depth: int, params: dict[str, Any], prese
             if m < 0:
                 nodes[k].attribute[0].t.CopyFrom(numpy_helper.from_array(value))
             else:
-                name = f"qrr_layer_index_{i}"
+                name = f"layers.{i}/qrr_layer_index"
                 extra.append(numpy_helper.from_array(value, name))
                 nodes[k].input[m] = name
     weights = []
     for name, (suffix, transposed) in template.weights.items():
         w = params[suffix].numpy()
-        weights.append(numpy_helper.from_array(np.ascontiguousarray(w.T if transposed else w), name))
-    inputs = sorted({x for n in nodes for x in n.input if x and x not in produced and x not in local
-                     and x not in {t.name for t in extra}})
-    sub = helper.make_graph(
-        nodes, f"layer{i}", [_typed(sk, x) for x in inputs], [_typed(sk, o) for o in template.outputs],
-        initializer=[*weights, *template.constants, *extra],
-    )
+        weights.append(numpy_helper.from_array(np.ascontiguousarray(w.T if transposed else w), renamed[name]))
+    constants = []
+    for t in template.constants:
+        t = copy.deepcopy(t)
+        t.name = renamed[t.name]
+        constants.append(t)
+    produced = {o for n in nodes for o in n.output}
+    stored = {t.name for t in [*weights, *constants, *extra]}
+    inputs = sorted({x for n in nodes for x in n.input if x and x not in produced and x not in stored})
+    outputs = [renamed.get(o, o) for o in template.outputs]
+    sub = helper.make_graph(nodes, f"layer{i}", [_typed(sk, x) for x in inputs], [_typed(sk, o) for o in outputs],
+                            initializer=[*weights, *constants, *extra])
     model = helper.make_model(sub, opset_imports=list(sk.model.opset_import))
     model.ir_version = sk.model.ir_version
     info = None
@@ -517,23 +526,21 @@ def _layer_graph(sk: Skeleton, i: int, depth: int, params: dict[str, Any], prese
         from qrr.quant.onnx_quant import quantize_linear
 
         rounding = "hqq" if preset.method == "hqq" else "rtn"
+        before = produced | stored | set(inputs)
         model, info = quantize_linear(model, bits=preset.bits, block_size=preset.block_size,
                                       symmetric=preset.symmetric, accuracy_level=preset.accuracy_level,
                                       method=rounding, kernel=preset.kernel)
-    keep = set(inputs)  # names read from outside the layer stay as they are
-    if i == 0:
-        keep |= set(template.outputs)
-    out_nodes = []
-    for n in model.graph.node:
-        n.name = _rename(n.name, template, i, set())
-        n.input[:] = [_rename(x, template, i, keep) for x in n.input]
-        n.output[:] = [_rename(x, template, i, keep) for x in n.output]
-        out_nodes.append(n)
-    out_inits = []
-    for t in model.graph.initializer:
-        t.name = _rename(t.name, template, i, keep)
-        out_inits.append(t)
-    return out_nodes, out_inits, info
+        # the quantizer's own names (rq0_…, rq_tiny) repeat in every layer: give them the layer's prefix
+        fresh = {x for n in model.graph.node for x in [*n.input, *n.output]} | {t.name for t in model.graph.initializer}
+        fresh = {x: f"layers.{i}/{x}" for x in fresh - before if x}
+        for n in model.graph.node:
+            n.input[:] = [fresh.get(x, x) for x in n.input]
+            n.output[:] = [fresh.get(x, x) for x in n.output]
+            if not n.name.startswith(("/layers.", "layers.")):
+                n.name = f"layers.{i}/{n.name}"
+        for t in model.graph.initializer:
+            t.name = fresh.get(t.name, t.name)
+    return list(model.graph.node), list(model.graph.initializer), info
 
 
 def _typed(sk: Skeleton, name: str):
@@ -643,25 +650,32 @@ def _io(values, depth: int) -> list[onnx.ValueInfoProto]:
 
 
 def _toposort(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
-    produced_by = {o: k for k, n in enumerate(nodes) for o in n.output}
-    order, state = [], [0] * len(nodes)
-    for start in range(len(nodes)):
-        stack = [(start, 0)]
-        while stack:
-            k, pos = stack.pop()
-            if state[k] == 2:
-                continue
-            state[k] = 1
-            deps = [produced_by[x] for x in nodes[k].input if x in produced_by and state[produced_by[x]] != 2]
-            pending = [d for d in deps if state[d] == 0]
-            if pending:
-                stack.append((k, pos))
-                stack += [(d, 0) for d in pending]
-                continue
-            if any(state[d] == 1 and d != k for d in deps):
-                raise StreamError("the assembled graph has a cycle")
-            state[k] = 2
-            order.append(nodes[k])
+    """Kahn's order: each node after the nodes whose outputs it reads."""
+    produced_by: dict[str, int] = {}
+    for k, n in enumerate(nodes):
+        for o in n.output:
+            if o in produced_by:
+                raise StreamError(f"two nodes of the assembled graph write {o}")
+            produced_by[o] = k
+    waiting = [len({produced_by[x] for x in n.input if x in produced_by}) for n in nodes]
+    readers: dict[int, list[int]] = {}
+    for k, n in enumerate(nodes):
+        for d in {produced_by[x] for x in n.input if x in produced_by}:
+            readers.setdefault(d, []).append(k)
+    ready = [k for k, w in enumerate(waiting) if w == 0]
+    order = []
+    while ready:
+        k = ready.pop()
+        order.append(nodes[k])
+        for r in readers.get(k, []):
+            waiting[r] -= 1
+            if waiting[r] == 0:
+                ready.append(r)
+    if len(order) != len(nodes):
+        stuck = [n for k, n in enumerate(nodes) if waiting[k]]
+        blocked = [f"{n.name} ({x})" for n in stuck for x in n.input if x in produced_by
+                   and nodes[produced_by[x]] not in stuck][:1]
+        raise StreamError(f"the assembled graph has a cycle: {len(stuck)} nodes wait, e.g. {stuck[0].name}; {blocked}")
     return order
 
 
