@@ -1,0 +1,104 @@
+"""The streamed reference: the recipe's scores, one decoder layer in memory at a time."""
+
+from __future__ import annotations
+
+import shutil
+import weakref
+
+import numpy as np
+import pytest
+from conftest import DOCS, QUERY, needs_export
+
+needs_export()
+
+from qrr.export.checkpoint import resolve  # noqa: E402
+from qrr.export.reference import ReferenceScorer  # noqa: E402
+from qrr.export.streamed import StreamedReference  # noqa: E402
+from qrr.runtime.prompt import pair_text  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+# 11 pairs: a batch of 8 left padded to its longest (the empty document, the long one) and a batch of 3
+PAIRS = [(QUERY, d) for d in [*DOCS, "Beijing.", "Shanghai is a city.", "no"]]
+TOL = 1e-6
+
+
+def max_dp(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+
+
+def test_streamed_equals_the_recipe_in_fp32(standin, reference):
+    streamed = StreamedReference(resolve(str(standin)))
+    assert streamed.config._attn_implementation == reference.model.config._attn_implementation
+    first = streamed.process_inputs([pair_text(q, d, None) for q, d in PAIRS[:8]])["attention_mask"]
+    assert len(set(first.sum(1).tolist())) > 2 and (first[:, 0] == 0).any()  # left padding of several lengths
+    assert max_dp(streamed.score_pairs(PAIRS), reference.score_pairs(PAIRS)) <= TOL
+
+
+def test_streamed_equals_the_recipe_on_truncated_pairs(standin):
+    checkpoint = resolve(str(standin))
+    streamed = StreamedReference(checkpoint, max_length=150)  # the pairs are 119-958 tokens: the longest are cut
+    lengths = streamed.process_inputs([pair_text(q, d, None) for q, d in PAIRS])["attention_mask"].sum(1).tolist()
+    assert max(lengths) == 150 and min(lengths) < 140
+    ours = streamed.score_pairs(PAIRS)
+    assert len(set(ours)) > 5  # the documents are still told apart
+    assert max_dp(ours, ReferenceScorer(checkpoint, max_length=150).score_pairs(PAIRS)) <= TOL
+
+
+def test_streamed_bf16_equals_the_recipe_loaded_in_bf16(standin):
+    import torch
+
+    checkpoint = resolve(str(standin))
+    recipe = ReferenceScorer(checkpoint, dtype="bfloat16")
+    assert recipe.model.dtype == torch.bfloat16
+    streamed = StreamedReference(checkpoint, dtype="bfloat16")
+    ours, theirs = streamed.score_pairs(PAIRS), recipe.score_pairs(PAIRS)
+    assert max_dp(ours, theirs) <= TOL
+    # and bf16 is a different reference from fp32: its P(yes) moves by bf16's resolution
+    assert max_dp(ours, StreamedReference(checkpoint).score_pairs(PAIRS)) > TOL
+
+
+def test_bf16_sharded_checkpoint_is_read_lazily_and_upcast(standin, tmp_path, monkeypatch):
+    """Published checkpoints are bf16 in shards: the streamed fp32 reference upcasts them as from_pretrained does,
+    reads each layer once, in order, and holds one decoder layer at a time."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.models.qwen3 import modeling_qwen3
+
+    sharded = shutil.copytree(standin, tmp_path / "bf16")
+    (sharded / "model.safetensors").unlink()
+    model = AutoModelForCausalLM.from_pretrained(standin, dtype=torch.bfloat16)
+    model.save_pretrained(sharded, max_shard_size="100KB")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    checkpoint = resolve(str(sharded))
+
+    alive: list[weakref.ref] = []
+
+    class OneAtATime(modeling_qwen3.Qwen3DecoderLayer):
+        def __init__(self, config, layer_idx):
+            assert not [r for r in alive if r() is not None], "a decoder layer was built while another was alive"
+            super().__init__(config, layer_idx)
+            alive.append(weakref.ref(self))
+
+    recipe = ReferenceScorer(checkpoint).score_pairs(PAIRS)
+    streamed = StreamedReference(checkpoint)
+    monkeypatch.setattr(modeling_qwen3, "Qwen3DecoderLayer", OneAtATime)  # the layers the streamed pass builds
+    ours = streamed.score_pairs(PAIRS)
+    assert len(alive) == model.config.num_hidden_layers
+    assert max_dp(ours, recipe) <= TOL
+
+    reads = streamed.weights.reads
+    layers = [int(name.split(".")[2]) for name in reads if name.startswith("model.layers.")]
+    assert layers == sorted(layers) and len(layers) == 11 * model.config.num_hidden_layers  # each tensor once
+    assert reads[0] == "model.embed_tokens.weight" and reads[-2:] == ["model.norm.weight", "model.embed_tokens.weight"]
+
+
+def test_embedding_rows_are_gathered_not_loaded(standin):
+    import torch
+    from safetensors import safe_open
+
+    weights = StreamedReference(resolve(str(standin))).weights
+    ids = torch.tensor([7, 3, 7, 1500, 0])
+    with safe_open(standin / "model.safetensors", framework="pt") as f:
+        table = f.get_tensor("model.embed_tokens.weight")
+    assert torch.equal(weights.rows("model.embed_tokens.weight", ids), table[ids])
