@@ -1,7 +1,8 @@
-"""The streamed reference: the recipe's scores, one decoder layer in memory at a time."""
+"""The streamed reference: the recipe's scores, one decoder layer in memory at a time; validation with it."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import weakref
 
@@ -11,9 +12,14 @@ from conftest import DOCS, QUERY, needs_export
 
 needs_export()
 
+from qrr.export import validate_artifact  # noqa: E402
 from qrr.export.checkpoint import resolve  # noqa: E402
 from qrr.export.reference import ReferenceScorer  # noqa: E402
+from qrr.export.report import format_report  # noqa: E402
 from qrr.export.streamed import StreamedReference  # noqa: E402
+from qrr.export.validate import first_pairs, reference_cache_path  # noqa: E402
+from qrr.runtime import QrrError  # noqa: E402
+from qrr.runtime.pairs import load_queries  # noqa: E402
 from qrr.runtime.prompt import pair_text  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -102,3 +108,49 @@ def test_embedding_rows_are_gathered_not_loaded(standin):
     with safe_open(standin / "model.safetensors", framework="pt") as f:
         table = f.get_tensor("model.embed_tokens.weight")
     assert torch.equal(weights.rows("model.embed_tokens.weight", ids), table[ids])
+
+
+def test_cache_key_differs_per_dtype_and_streaming(standin):
+    queries = load_queries()
+    paths = {reference_cache_path(standin, queries, (8192, 2, dtype, streamed))
+             for dtype in ("float32", "bfloat16") for streamed in (False, True)}
+    assert len(paths) == 4
+
+
+def test_first_pairs_in_data_order():
+    queries = load_queries()
+    subset = first_pairs(queries, 10)
+    flat = [(q.query, d) for q in subset for d in q.documents]
+    assert flat == [(q.query, d) for q in queries for d in q.documents][:10]
+    assert [len(q.labels) for q in subset] == [len(q.documents) for q in subset]
+    with pytest.raises(QrrError, match="max_pairs must be a positive integer"):
+        first_pairs(queries, 0)
+
+
+def test_validation_with_the_streamed_reference(artifact_copy, standin):
+    report = validate_artifact(artifact_copy, str(standin), streamed=True, max_pairs=12)
+    ref = report["reference"]
+    assert ref["streamed"] is True and ref["dtype"] == "float32" and not ref["cached"]
+    assert "layer-by-layer" in ref["timing"] and report["latency"]["speedup"] is None
+    assert report["subset"]["pairs"] == report["metrics"]["pairs"] == 12 and report["subset"]["of"] == 252
+    assert report["passed"] and report["metrics"]["max_abs_dp"] < 1e-4
+    text = format_report(report)
+    assert "streamed layer by layer" in text and "speed-up             n/a" in text
+    stored = json.loads((artifact_copy / "qrr.json").read_text())["validation"]
+    assert stored["reference_streamed"] is True and stored["subset"].startswith("the first 12 pairs")
+    assert "streamed layer by layer" in (artifact_copy / "README.md").read_text()
+
+    again = validate_artifact(artifact_copy, str(standin), streamed=True, max_pairs=12, write=False)
+    assert again["reference"]["cached"] and again["scores"]["reference"] == report["scores"]["reference"]
+    # the recipe itself is another cache entry: its timing is a latency, the streamed pass's is not
+    recipe = validate_artifact(artifact_copy, str(standin), streamed=False, max_pairs=12, write=False)
+    assert not recipe["reference"]["cached"] and recipe["reference"]["streamed"] is False
+    assert recipe["latency"]["speedup"] > 0
+    assert max_dp(recipe["scores"]["reference"], report["scores"]["reference"]) <= TOL
+
+
+def test_bad_reference_options(artifact_copy, standin):
+    with pytest.raises(QrrError, match="unknown reference dtype 'float16'"):
+        validate_artifact(artifact_copy, str(standin), reference_dtype="float16", write=False)
+    with pytest.raises(QrrError, match="max_pairs must be a positive integer"):
+        validate_artifact(artifact_copy, str(standin), max_pairs=0, write=False)
