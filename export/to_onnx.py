@@ -36,6 +36,8 @@ def export_onnx(
     validate: bool = True,
     max_drop: float | None = None,
     data: str | Path | None = None,
+    reference_dtype: str = "float32",
+    max_pairs: int | None = None,
     revision: str | None = None,
     method: str | None = None,
     block_size: int | None = None,
@@ -53,15 +55,16 @@ def export_onnx(
     (JSON Lines pairs, default: the built-in set) feeds the activation-aware methods; `kernel` and `rotate`
     override the int8 kernel and the rotation. `preset` replaces the precision's preset whole (sweeps).
 
-    Returns the manifest. With `validate`, runs the built-in evaluation (or `data`) against the model card's
-    fp32 recipe, stores validation.json, and raises ValidationError when max |ΔP| exceeds `max_drop`.
+    Returns the manifest. With `validate`, runs the built-in evaluation (or `data`, or its first `max_pairs`
+    pairs) against the model card's recipe in `reference_dtype` (float32, or bfloat16), stores validation.json, and
+    raises ValidationError when max |ΔP| exceeds `max_drop` (validate_artifact).
     """
     progress = progress or Progress()
     precision = precision_of(quant)
     if preset is None:
         preset = preset_for(precision, method=method, block_size=block_size, accuracy_level=accuracy_level,
                             kernel=kernel, rotate=rotate, calibration=calibration)
-    out = check_options(out_dir, max_length)
+    out = check_options(out_dir, max_length, reference_dtype, max_pairs)
     src = open_source(source, revision, progress)
     with artifact_folder(out):
         with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
@@ -95,7 +98,8 @@ def export_onnx(
                 backend["graph"] = optimize_offline(out / MODEL_FILE)
         manifest = write_artifact(out, src, format="onnx", precision=precision, scheme=scheme, max_length=max_length,
                                   model_files=files, backend=backend)
-    return finish(out, manifest, src, validate=validate, data=data, max_drop=max_drop, progress=progress)
+    return finish(out, manifest, src, validate=validate, data=data, max_drop=max_drop,
+                  reference_dtype=reference_dtype, max_pairs=max_pairs, progress=progress)
 
 
 def optimize_offline(path: Path) -> dict[str, Any]:

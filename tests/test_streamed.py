@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 import weakref
@@ -12,7 +13,7 @@ from conftest import DOCS, QUERY, needs_export
 
 needs_export()
 
-from qrr.export import validate_artifact  # noqa: E402
+from qrr.export import export_onnx, export_openvino, validate_artifact  # noqa: E402
 from qrr.export.checkpoint import resolve  # noqa: E402
 from qrr.export.reference import ReferenceScorer  # noqa: E402
 from qrr.export.report import format_report  # noqa: E402
@@ -149,8 +150,17 @@ def test_validation_with_the_streamed_reference(artifact_copy, standin):
     assert max_dp(recipe["scores"]["reference"], report["scores"]["reference"]) <= TOL
 
 
-def test_bad_reference_options(artifact_copy, standin):
+def test_bad_reference_options(artifact_copy, standin, tmp_path):
     with pytest.raises(QrrError, match="unknown reference dtype 'float16'"):
         validate_artifact(artifact_copy, str(standin), reference_dtype="float16", write=False)
     with pytest.raises(QrrError, match="max_pairs must be a positive integer"):
         validate_artifact(artifact_copy, str(standin), max_pairs=0, write=False)
+    with pytest.raises(QrrError, match="max_pairs must be a positive integer"):  # before the export, not after it
+        export_onnx(str(standin), tmp_path / "out", max_pairs=0)
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_entry_points_take_the_same_keywords_in_the_same_order():
+    onnx_only = {"accuracy_level", "kernel"}
+    onnx = [p for p in inspect.signature(export_onnx).parameters if p not in onnx_only]
+    assert onnx == list(inspect.signature(export_openvino).parameters)
