@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(
             f"| {artifact.name} | {r['precision']} | {disk:.0f} | {m['max_abs_dp']:.2g} | {m['mean_abs_dp']:.2g} "
             f"| {m['spearman_mean']:.4f} | {m['top1_agreement']:.0%} | {m['ndcg10_vs_reference']:.4f} "
-            f"| {lat['artifact']['ms_per_pair']:.1f} | {lat['reference']['ms_per_pair']:.1f} | {lat['speedup']:.2f}x "
+            f"| {lat['artifact']['ms_per_pair']:.1f} | {lat['reference']['ms_per_pair']:.1f} | {_speedup(lat['speedup'])} "
             f"| {lat['artifact']['peak_rss_mib']:.0f} ({lat['reference']['peak_rss_mib']:.0f}) |"
         )
     first = reports[0]
@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
                    for a, r in zip(args.artifacts, reports)]
         args.output.with_suffix(".json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return 0
+
+
+def _speedup(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}x"  # None: the reference was streamed, its time is no recipe latency
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from qrr.export.presets import (
     METHODS,
     PRECISIONS,
     PRESETS,
+    REFERENCE_DTYPES,
 )
 from qrr.export.standin import SHAPES
 from qrr.runtime.bench import WORKLOADS
@@ -57,6 +58,16 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
     return value
+
+
+def _add_reference_args(p: argparse.ArgumentParser) -> None:
+    """The validation options `qrr export` and `qrr validate` share."""
+    p.add_argument("--reference-dtype", choices=REFERENCE_DTYPES, default="float32",
+                   help="the PyTorch reference's weights and compute: float32 (the model card's recipe) or bfloat16 "
+                        "(the published dtype); a model too large for memory is streamed layer by layer "
+                        "(default: float32)")
+    p.add_argument("--max-pairs", type=_positive_int, default=None,
+                   help="validate on the first N pairs of the data only, in data order (default: all)")
 
 
 def _add_export_args(p: argparse.ArgumentParser) -> None:
@@ -93,6 +104,7 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
                    help="largest allowed |ΔP(yes)| of any evaluation pair vs the PyTorch reference (default: "
                         + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_MAX_DROP.items()) + ")")
     p.add_argument("--no-validate", action="store_true", help="skip validation against the PyTorch reference")
+    _add_reference_args(p)
     p.add_argument("--max-length", type=_positive_int, default=DEFAULT_MAX_LENGTH,
                    help=f"tokens per pair, prompt included; longer documents are truncated (default: {DEFAULT_MAX_LENGTH})")
     p.add_argument("--data", type=Path, default=None,
@@ -109,7 +121,8 @@ def _export(args: argparse.Namespace) -> int:
         raise QrrError(EXPORT_EXTRA) from None
     options = dict(
         quant=args.quant, max_length=args.max_length, validate=not args.no_validate, max_drop=args.max_drop,
-        data=args.data, revision=args.revision, method=args.method, block_size=args.block_size,
+        data=args.data, reference_dtype=args.reference_dtype, max_pairs=args.max_pairs, revision=args.revision,
+        method=args.method, block_size=args.block_size,
         rotate=args.rotate, calibration=args.calibration, progress=Progress(enabled=not args.quiet),
     )
     if args.format == "openvino":
@@ -143,7 +156,8 @@ def _validate(args: argparse.Namespace) -> int:
     try:
         report = validate_artifact(
             args.artifact, args.reference, data=args.data, max_drop=args.max_drop, threads=args.threads,
-            device=args.device, use_cache=not args.no_cache, progress=progress,
+            device=args.device, use_cache=not args.no_cache, reference_dtype=args.reference_dtype,
+            max_pairs=args.max_pairs, progress=progress,
         )
     except ValidationError as exc:  # the report was written before the gate closed
         failed = exc
@@ -453,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(the reference always runs on the CPU)")
     p.add_argument("--no-cache", action="store_true",
                    help="rerun the PyTorch reference even when its scores for this checkpoint and data are cached")
+    _add_reference_args(p)
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
     p.add_argument("--html", type=Path, default=None, help="also write the report as a page with plots")
     p.set_defaults(run=_validate)

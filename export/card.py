@@ -68,8 +68,13 @@ def validation_lines(summary: dict[str, Any] | None) -> list[str]:
         ("ms per pair, artifact / reference", f"{summary['ms_per_pair']:.1f} / {summary['reference_ms_per_pair']:.1f}"),
     ]
     data = "qrr's built-in evaluation set" if summary["data"] == "built-in" else f"`{summary['data']}`"
+    if summary.get("subset"):
+        data += f", {summary['subset']}"
+    dtype = "bf16" if summary.get("reference_dtype") == "bfloat16" else "fp32"
+    how = ", streamed layer by layer (its ms per pair is that pass's, not the recipe's latency)" \
+        if summary.get("reference_streamed") else ""
     return [
-        f"Against the model card's PyTorch recipe in fp32 on {data} ({verdict}):", "",
+        f"Against the model card's PyTorch recipe in {dtype}{how} on {data} ({verdict}):", "",
         "| metric | value |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows),
     ]
 

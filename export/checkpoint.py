@@ -86,11 +86,12 @@ def yes_no_ids(tokenizer, source: str) -> tuple[int, int]:
     return vocab["yes"], vocab["no"]
 
 
-def load_model(checkpoint: Checkpoint, attn_implementation: str | None = None):
+def load_model(checkpoint: Checkpoint, attn_implementation: str | None = None, dtype: str = "float32"):
+    """The whole model in `dtype` (float32 or bfloat16: weights and compute), for inference."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype)}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:

@@ -21,6 +21,7 @@ from qrr.runtime.pairs import Query
 from qrr.runtime.timing import timed
 
 from .metrics import spearman
+from .report import reference_words
 
 
 def latency_by_length(rr: Reranker, queries: list[Query], samples: int = 24) -> list[tuple[int, float]]:
@@ -67,8 +68,8 @@ def write_html(report: dict[str, Any], path: str | Path, latency: list[tuple[int
     ax.scatter(ref[~outside], art[~outside], s=12, alpha=0.7, color="#1f5fa8", label=f"{(~outside).sum()} pairs within")
     if outside.any():
         ax.scatter(ref[outside], art[outside], s=24, color="#c00", label=f"{outside.sum()} pairs outside")
-    ax.set(xlabel="reference P(yes) — PyTorch, fp32", ylabel="artifact P(yes)", xlim=(0, 1), ylim=(0, 1),
-           title="each dot is one (query, document) pair")
+    ax.set(xlabel=f"reference P(yes) — PyTorch, {reference_words(report['reference'])}", ylabel="artifact P(yes)",
+           xlim=(0, 1), ylim=(0, 1), title="each dot is one (query, document) pair")
     ax.legend(loc="upper left", frameon=False)
     scatter = _png(fig)
     plt.close(fig)
@@ -97,6 +98,10 @@ def write_html(report: dict[str, Any], path: str | Path, latency: list[tuple[int
         ("artifact", f"{lat['artifact']['ms_per_pair']:.1f} ms/pair, peak RSS {lat['artifact']['peak_rss_mib']:.0f} MiB"),
         ("reference", f"{lat['reference']['ms_per_pair']:.1f} ms/pair, peak RSS {lat['reference']['peak_rss_mib']:.0f} MiB"),
     ]
+    if report["reference"].get("streamed"):
+        rows[-1] = ("reference", rows[-1][1] + " (streamed layer by layer: not the recipe's latency)")
+    if report.get("subset"):
+        rows.insert(0, ("pairs validated", f"{report['subset']['selection']}, of {report['subset']['of']}"))
     if "labelled" in m:
         lab = m["labelled"]
         rows.append(("NDCG@10 drop (labels)", f"{lab['ndcg10_drop_points']:+.2f} points"))
@@ -121,7 +126,8 @@ figure{{margin:1.5em 0}} img{{max-width:100%}} .verdict{{font-size:1.25em}}</sty
 <p class="verdict">{html.escape(sentence)}.</p>
 <figure><img alt="Artifact against reference P(yes), one dot per pair" src="data:image/png;base64,{scatter}"></figure>
 <p>{html.escape(str(report['artifact']))} ({html.escape(report['precision'])}) against
-{html.escape(report['reference']['source'])} — {m['pairs']} pairs, {m['queries']} queries ({html.escape(report['data'])}),
+{html.escape(report['reference']['source'])} ({html.escape(reference_words(report['reference']))}) — {m['pairs']} pairs,
+{m['queries']} queries ({html.escape(report['data'])}),
 {lat['threads']} threads, {html.escape(report['machine']['cpu'])}.</p>
 <table>{body}</table>
 {images}

@@ -22,7 +22,7 @@ from qrr.runtime.prompt import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, TEMPLATE, pa
 from .card import write_card
 from .checkpoint import Checkpoint, load_model, load_tokenizer, resolve, yes_no_ids
 from .graph import INPUT_NAMES, OUTPUT_NAMES
-from .presets import CALIBRATION_PAIRS, Preset
+from .presets import CALIBRATION_PAIRS, Preset, check_max_pairs, check_reference_dtype
 from .progress import Progress
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -38,10 +38,13 @@ class Source:
     no_id: int
 
 
-def check_options(out_dir: str | Path, max_length: object) -> Path:
-    """Refuse an output folder that holds anything and a max_length the graph cannot use."""
+def check_options(out_dir: str | Path, max_length: object, reference_dtype: object, max_pairs: object) -> Path:
+    """Refuse an output folder that holds anything, a max_length the graph cannot use, and validation options that
+    validate_artifact would refuse after the export."""
     if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 16:
         raise QrrError(f"max_length must be an integer of at least 16, got {max_length!r}")
+    check_reference_dtype(reference_dtype)
+    check_max_pairs(max_pairs)
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise QrrError(f"output folder {out} exists and is not empty; choose a new folder or remove it")
@@ -98,12 +101,12 @@ def calibration_batches(tokenizer, calibration: str | Path | None, max_length: i
     pairs = [(q, d) for q in load_queries(calibration) for d in q.documents]
     random.Random(0).shuffle(pairs)
     pairs = pairs[:CALIBRATION_PAIRS]
-    recipe = RecipeTokenizer(tokenizer, max_length)
-    batches = []
-    for start in range(0, len(pairs), 8):
-        inputs = recipe.process_inputs([pair_text(q.query, d, q.instruction) for q, d in pairs[start : start + 8]])
-        batches.append({"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]})
-    return batches
+    texts = [pair_text(q.query, d, q.instruction) for q, d in pairs]
+    # batches of similar lengths: a batch is padded to its longest pair, and on 2 cores the padding of one
+    # long document in a batch of short ones was most of the calibration time (every layer of a 4B/8B pays it)
+    texts.sort(key=lambda t: len(tokenizer(t, add_special_tokens=False)["input_ids"]))
+    return [{"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+            for inputs in RecipeTokenizer(tokenizer, max_length).batches(texts)]
 
 
 def calibration_info(calibration: str | Path | None, batches: list[dict[str, Any]]) -> dict[str, Any]:
@@ -184,16 +187,20 @@ def finish(
     validate: bool,
     data: str | Path | None,
     max_drop: float | None,
+    reference_dtype: str,
+    max_pairs: int | None,
     progress: Progress,
 ) -> dict[str, Any]:
-    """Report the artifact's size, validate it against the reference when asked; returns the manifest."""
+    """Report the artifact's size, validate it against the reference (validate_artifact) when asked; returns the
+    manifest."""
     progress.log(f"artifact written to {out} ({sum(manifest['files'].values()) / 2**20:.1f} MiB)")
     if validate:
         from .report import format_report, summary
         from .validate import validate_artifact
 
         progress.log("validating against the PyTorch reference")
-        report = validate_artifact(out, src.checkpoint.source, data=data, max_drop=max_drop, progress=progress)
+        report = validate_artifact(out, src.checkpoint.source, data=data, max_drop=max_drop,
+                                   reference_dtype=reference_dtype, max_pairs=max_pairs, progress=progress)
         progress.log(format_report(report))
         manifest["validation"] = summary(report)
     progress.log(f"total {progress.total():.1f} s")

@@ -24,6 +24,21 @@ SITES = ("attn", "mlp", "down", "vo")  # where activation-aware scales are folde
 CALIBRATION_PAIRS = 64
 # Largest allowed |ΔP(yes)| of any evaluation pair against the reference, per precision (README, "Validation").
 DEFAULT_MAX_DROP = {"fp32": 1e-3, "fp16": 0.01, "int8": 0.03, "int4": 0.1}
+# The reference's weights and compute: the recipe's fp32, or bf16 as the model card's checkpoints are published.
+REFERENCE_DTYPES = ("float32", "bfloat16")
+
+
+def check_reference_dtype(dtype: object) -> str:
+    if dtype not in REFERENCE_DTYPES:
+        raise QrrError(f"unknown reference dtype {dtype!r}; choose float32 (the model card's recipe) or bfloat16 "
+                       "(the dtype the checkpoints are published in)")
+    return dtype
+
+
+def check_max_pairs(max_pairs: object) -> None:
+    if max_pairs is not None and (not isinstance(max_pairs, int) or isinstance(max_pairs, bool) or max_pairs < 1):
+        raise QrrError(f"max_pairs must be a positive integer (the first pairs of the data to validate on), "
+                       f"got {max_pairs!r}")
 
 
 @dataclass(frozen=True)

@@ -18,15 +18,27 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
         "top1_agreement": m["top1_agreement"],
         "ms_per_pair": report["latency"]["artifact"]["ms_per_pair"],
         "reference_ms_per_pair": report["latency"]["reference"]["ms_per_pair"],
+        "reference_dtype": report["reference"].get("dtype", "float32"),
+        "reference_streamed": report["reference"].get("streamed", False),
+        "subset": (report.get("subset") or {}).get("selection"),
     }
+
+
+def reference_words(reference: dict[str, Any]) -> str:
+    """How the reference ran, in a few words: 'fp32', 'bf16, streamed layer by layer'."""
+    words = "bf16" if reference.get("dtype") == "bfloat16" else "fp32"
+    return words + (", streamed layer by layer" if reference.get("streamed") else "")
 
 
 def format_report(report: dict[str, Any]) -> str:
     """The report as a few aligned lines for a terminal."""
     m, lat = report["metrics"], report["latency"]
+    ref = report["reference"]
+    subset = report.get("subset")
     lines = [
-        f"validation of {report['artifact']} ({report['precision']}) against {report['reference']['source']}",
-        f"  data                 {report['data']}: {m['pairs']} pairs, {m['queries']} queries",
+        f"validation of {report['artifact']} ({report['precision']}) against {ref['source']} ({reference_words(ref)})",
+        f"  data                 {report['data']}: {m['pairs']} pairs, {m['queries']} queries"
+        + (f" ({subset['selection']}, of {subset['of']})" if subset else ""),
         f"  max |ΔP|             {m['max_abs_dp']:.3g}   (allowed {report['max_drop']:g}: "
         f"{'pass' if report['passed'] else 'FAIL'})",
         f"  mean |ΔP|            {m['mean_abs_dp']:.3g}",
@@ -47,7 +59,12 @@ def format_report(report: dict[str, Any]) -> str:
             f"  {name:<9} speed      {s['ms_per_pair']:.2f} ms/pair, {s['pairs_per_s']:.1f} pairs/s, "
             f"peak RSS {s['peak_rss_mib']:.0f} MiB"
         )
-    lines.append(f"  speed-up             {lat['speedup']:.2f}x on {lat['threads']} threads")
+    if ref.get("streamed"):
+        lines.append(f"  reference timing     {ref['timing']}")
+    if lat["speedup"] is None:
+        lines.append(f"  speed-up             n/a on {lat['threads']} threads")
+    else:
+        lines.append(f"  speed-up             {lat['speedup']:.2f}x on {lat['threads']} threads")
     return "\n".join(lines)
 
 

@@ -36,6 +36,8 @@ def export_onnx(
     validate: bool = True,
     max_drop: float | None = None,
     data: str | Path | None = None,
+    reference_dtype: str = "float32",
+    max_pairs: int | None = None,
     revision: str | None = None,
     method: str | None = None,
     block_size: int | None = None,
@@ -56,15 +58,16 @@ def export_onnx(
     `stream` builds the graph one layer at a time from the safetensors files (qrr.export.stream: memory of
     about one layer, for 4B/8B checkpoints); None streams when the whole-model path would not fit in memory.
 
-    Returns the manifest. With `validate`, runs the built-in evaluation (or `data`) against the model card's
-    fp32 recipe, stores validation.json, and raises ValidationError when max |ΔP| exceeds `max_drop`.
+    Returns the manifest. With `validate`, runs the built-in evaluation (or `data`, or its first `max_pairs`
+    pairs) against the model card's recipe in `reference_dtype` (float32, or bfloat16), stores validation.json, and
+    raises ValidationError when max |ΔP| exceeds `max_drop` (validate_artifact).
     """
     progress = progress or Progress()
     precision = precision_of(quant)
     if preset is None:
         preset = preset_for(precision, method=method, block_size=block_size, accuracy_level=accuracy_level,
                             kernel=kernel, rotate=rotate, calibration=calibration)
-    out = check_options(out_dir, max_length)
+    out = check_options(out_dir, max_length, reference_dtype, max_pairs)
     src = open_source(source, revision, progress)
     if stream is None:
         from .stream import should_stream
@@ -82,7 +85,8 @@ def export_onnx(
                 backend["graph"] = optimize_offline(out / MODEL_FILE)
         manifest = write_artifact(out, src, format="onnx", precision=precision, scheme=scheme, max_length=max_length,
                                   model_files=files, backend=backend)
-    return finish(out, manifest, src, validate=validate, data=data, max_drop=max_drop, progress=progress)
+    return finish(out, manifest, src, validate=validate, data=data, max_drop=max_drop,
+                  reference_dtype=reference_dtype, max_pairs=max_pairs, progress=progress)
 
 
 def _export_whole(src, out: Path, precision: str, preset: Preset | None, calibration, max_length: int,

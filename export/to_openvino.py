@@ -35,6 +35,8 @@ def export_openvino(
     validate: bool = True,
     max_drop: float | None = None,
     data: str | Path | None = None,
+    reference_dtype: str = "float32",
+    max_pairs: int | None = None,
     revision: str | None = None,
     method: str | None = None,
     block_size: int | None = None,
@@ -57,7 +59,7 @@ def export_openvino(
     missing = [name for name in ("openvino", "nncf") if importlib.util.find_spec(name) is None]
     if missing:
         raise QrrError(f"--format openvino needs {' and '.join(missing)}: {EXTRA}")
-    out = check_options(out_dir, max_length)
+    out = check_options(out_dir, max_length, reference_dtype, max_pairs)
     src = open_source(source, revision, progress)
     with artifact_folder(out):
         with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
@@ -81,7 +83,8 @@ def export_openvino(
         backend = {"openvino": {"properties": openvino_properties(precision)}}
         manifest = write_artifact(out, src, format="openvino", precision=precision, scheme=scheme,
                                   max_length=max_length, model_files=[MODEL_FILE, WEIGHTS_FILE], backend=backend)
-    return finish(out, manifest, src, validate=validate, data=data, max_drop=max_drop, progress=progress)
+    return finish(out, manifest, src, validate=validate, data=data, max_drop=max_drop,
+                  reference_dtype=reference_dtype, max_pairs=max_pairs, progress=progress)
 
 
 def openvino_properties(precision: str) -> dict[str, str]:

@@ -1,7 +1,9 @@
 """Validation of an artifact against the PyTorch reference: accuracy drop, latency and memory of both.
 
-The reference's scores and timing are cached per checkpoint, data, max length, threads and packages, so that
-exporting several precisions of one checkpoint runs the slow recipe once.
+The reference's scores and timing are cached per checkpoint, data, max length, threads, packages, dtype and
+streaming, so that exporting several precisions of one checkpoint runs the slow recipe once. A checkpoint whose
+weights would not fit comfortably in memory is scored by the streamed reference (streamed.py): the recipe's
+numbers, one decoder layer in memory at a time.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +29,21 @@ from qrr.runtime.timing import PeakRSS, timed
 
 from .card import write_card
 from .metrics import compare
-from .presets import DEFAULT_MAX_DROP
+from .presets import DEFAULT_MAX_DROP, check_max_pairs, check_reference_dtype
 from .progress import Progress, Step
 from .report import summary
 
 
 class ValidationError(QrrError):
     """The artifact's scores drift from the reference more than the user allows."""
+
+
+# The recipe loads the whole model: stream the reference when its weights would take more of the memory available
+STREAM_FRACTION = 0.4
+STREAMED_TIMING = ("one layer-by-layer pass over all pairs, every layer's weights read from disk once: not the "
+                   "recipe's per-query latency")
+DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16"}
+SUBSET = "the first {n} pairs in data order (queries in order of first appearance, each query's documents in order)"
 
 
 Scorer = Callable[[Sequence[tuple[str, str]], str | None], Sequence[float]]
@@ -66,15 +77,22 @@ def validate_artifact(
     device: str = "cpu",
     write: bool = True,
     use_cache: bool = True,
+    reference_dtype: str = "float32",
+    streamed: bool | None = None,
+    max_pairs: int | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Score the evaluation pairs with the artifact and with the model card's fp32 recipe; compare.
+    """Score the evaluation pairs with the artifact and with the model card's recipe (fp32 by default); compare.
 
     Writes validation.json (and the summary into qrr.json and README.md) when `write`; raises ValidationError after
     writing when max |ΔP| exceeds `max_drop` (default: DEFAULT_MAX_DROP for the artifact's precision).
     The artifact runs on `device`; the reference always runs on the CPU. With `use_cache`, the reference's
     scores and timing are kept in the user cache and reused while the checkpoint's files, the data,
-    max_length, threads and package versions are the same. `progress` shows each scoring pass as a step.
+    max_length, threads, package versions, dtype and streaming are the same. `reference_dtype` bfloat16 holds the artifact to the
+    model card's own dtype instead (weights and compute in bf16). `streamed` runs the reference layer by layer
+    (streamed.py: the same scores, one layer's weights in memory; its time is that pass's, not the recipe's latency);
+    None streams when the reference's weights would exceed STREAM_FRACTION of the memory available. `max_pairs`
+    validates the first pairs of the data only (SUBSET). `progress` shows each scoring pass as a step.
     """
     artifact = Path(artifact)
     manifest = load_manifest(artifact)
@@ -83,7 +101,11 @@ def validate_artifact(
         max_drop = DEFAULT_MAX_DROP.get(precision, DEFAULT_MAX_DROP["int8"])
     if not max_drop > 0:
         raise QrrError(f"max_drop must be a positive number, got {max_drop}")
+    check_reference_dtype(reference_dtype)
     queries = load_queries(data)
+    available = sum(len(q.documents) for q in queries)
+    if max_pairs is not None:
+        queries = first_pairs(queries, max_pairs)
     pairs = sum(len(q.documents) for q in queries)
     progress = progress or Progress(enabled=False)
 
@@ -95,25 +117,33 @@ def validate_artifact(
     del rr
     gc.collect()
 
-    ref_scores, ref_time, ref_peak, reused = reference_scores(
-        reference, manifest.get("source", {}).get("revision"), queries, max_length, used_threads, use_cache, progress
+    ref = reference_scores(
+        reference, manifest.get("source", {}).get("revision"), queries, max_length, used_threads, use_cache, progress,
+        reference_dtype=reference_dtype, streamed=streamed,
     )
-    metrics = compare(queries, ref_scores, art_scores)
+    metrics = compare(queries, ref.scores, art_scores)
     report = {
         "artifact": str(artifact),
         "precision": precision,
         "device": device,
         "reference": {
             "source": reference,
-            "recipe": "Qwen3-Reranker model card, transformers example, fp32, batch 8, left padding",
-            "cached": reused,
+            "recipe": f"Qwen3-Reranker model card, transformers example, {DTYPE_NAMES[reference_dtype]}, batch 8, "
+                      "left padding",
+            "dtype": reference_dtype,
+            "streamed": ref.streamed,
+            **({"timing": STREAMED_TIMING} if ref.streamed else {}),
+            "cached": ref.cached,
         },
         "data": BUILTIN if data is None else str(data),
+        "subset": None if max_pairs is None else {"max_pairs": max_pairs, "pairs": pairs, "of": available,
+                                                  "selection": SUBSET.format(n=pairs)},
         "metrics": metrics,
         "latency": {
             "artifact": _speed(art_time, pairs, art_mem.peak_mib),
-            "reference": _speed(ref_time, pairs, ref_peak),
-            "speedup": ref_time / art_time if art_time > 0 else None,
+            "reference": _speed(ref.seconds, pairs, ref.peak_rss_mib),
+            # a streamed reference's time is no latency of the recipe: no speed-up is drawn from it
+            "speedup": ref.seconds / art_time if art_time > 0 and not ref.streamed else None,
             "threads": used_threads,
             "peak_rss_note": "highest resident memory of the whole process while each one loaded and scored",
         },
@@ -121,7 +151,7 @@ def validate_artifact(
         "passed": metrics["max_abs_dp"] <= max_drop,
         # per pair, in data order: lets a report plot the drift or re-check without rerunning the reference
         "scores": {
-            "reference": [float(x) for r in ref_scores for x in r],
+            "reference": [float(x) for r in ref.scores for x in r],
             "artifact": [float(x) for a in art_scores for x in a],
             "query_sizes": [len(q.documents) for q in queries],
         },
@@ -145,6 +175,15 @@ def validate_artifact(
     return report
 
 
+@dataclass
+class ReferenceRun:
+    scores: list[np.ndarray]  # per query
+    seconds: float
+    peak_rss_mib: float
+    streamed: bool
+    cached: bool
+
+
 def reference_scores(
     reference: str,
     revision: str | None,
@@ -153,45 +192,87 @@ def reference_scores(
     threads: int,
     use_cache: bool,
     progress: Progress,
-) -> tuple[list[np.ndarray], float, float, bool]:
-    """The recipe's scores per query, its seconds and peak RSS (MiB), and whether they came from the cache."""
+    *,
+    reference_dtype: str = "float32",
+    streamed: bool | None = None,
+) -> ReferenceRun:
+    """The recipe's scores per query in `reference_dtype`, its seconds and peak RSS (MiB), whether it was streamed
+    layer by layer (None: when the weights would not fit, see validate_artifact) and whether it came from the cache."""
     from .checkpoint import resolve
 
     checkpoint = resolve(reference, revision)
-    cache = reference_cache_path(checkpoint.path, queries, max_length, threads) if use_cache else None
+    if streamed is None:
+        streamed = should_stream(checkpoint, reference_dtype)
+    key = (max_length, threads, reference_dtype, streamed)
+    cache = reference_cache_path(checkpoint.path, queries, key) if use_cache else None
     if cache is not None and cache.is_file():
         progress.log(f"reusing the PyTorch reference's scores and timing from {cache}")
         cached = json.loads(cache.read_text(encoding="utf-8"))
-        return [np.asarray(s, dtype=np.float64) for s in cached["scores"]], cached["seconds"], cached["peak_rss_mib"], True
+        return ReferenceRun([np.asarray(s, dtype=np.float64) for s in cached["scores"]], cached["seconds"],
+                            cached["peak_rss_mib"], streamed, True)
     import torch
-
-    from .reference import ReferenceScorer
 
     torch.set_num_threads(threads)
     pairs = sum(len(q.documents) for q in queries)
-    message = "scoring the same pairs with the PyTorch reference (model card recipe, fp32)"
-    with progress.step(message, total=pairs) as step:
-        with PeakRSS() as mem:
-            ref = ReferenceScorer(checkpoint, max_length=max_length)
-            scores, seconds = score_queries(ref.score_pairs, queries, step)
+    recipe = f"model card recipe, {DTYPE_NAMES[reference_dtype]}"
+    if streamed:
+        from .streamed import StreamedReference
+
+        layers = int(checkpoint.config.get("num_hidden_layers") or 0) or None
+        message = f"scoring the same pairs with the PyTorch reference ({recipe}), streamed layer by layer"
+        with progress.step(message, total=layers, unit="layer") as step:
+            with PeakRSS() as mem:
+                ref = StreamedReference(checkpoint, max_length=max_length, dtype=reference_dtype)
+                start = time.perf_counter()
+                scores = ref.score_queries(queries, step)
+                seconds = time.perf_counter() - start
+    else:
+        from .reference import ReferenceScorer
+
+        with progress.step(f"scoring the same pairs with the PyTorch reference ({recipe})", total=pairs) as step:
+            with PeakRSS() as mem:
+                ref = ReferenceScorer(checkpoint, max_length=max_length, dtype=reference_dtype)
+                scores, seconds = score_queries(ref.score_pairs, queries, step)
     del ref
     gc.collect()
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         write_json(cache, {"scores": [s.tolist() for s in scores], "seconds": seconds, "peak_rss_mib": mem.peak_mib,
-                           "versions": versions()})
-    return scores, seconds, mem.peak_mib, False
+                           "dtype": reference_dtype, "streamed": streamed, "versions": versions()})
+    return ReferenceRun(scores, seconds, mem.peak_mib, streamed, False)
 
 
-def reference_cache_path(checkpoint: Path, queries: Sequence[Query], max_length: int, threads: int) -> Path:
-    """A cache file named by everything the reference's scores and timing depend on."""
+def should_stream(checkpoint, reference_dtype: str) -> bool:
+    """Whether the whole model in `reference_dtype` would take more than STREAM_FRACTION of the memory available."""
+    import psutil
+
+    from .streamed import weight_bytes
+
+    return weight_bytes(checkpoint, reference_dtype) > STREAM_FRACTION * psutil.virtual_memory().available
+
+
+def first_pairs(queries: Sequence[Query], max_pairs: int) -> list[Query]:
+    """The first `max_pairs` pairs (SUBSET): whole queries, the last one cut to the pairs that remain."""
+    check_max_pairs(max_pairs)
+    out, left = [], max_pairs
+    for q in queries:
+        if left <= 0:
+            break
+        out.append(Query(q.query, q.instruction, q.documents[:left], q.labels[:left]))
+        left -= len(out[-1].documents)
+    return out
+
+
+def reference_cache_path(checkpoint: Path, queries: Sequence[Query], key: Sequence[object]) -> Path:
+    """A cache file named by everything the reference's scores and timing depend on: the checkpoint's files, the
+    pairs, `key` (max_length, threads, dtype, streaming), the package versions and the CPU."""
     h = hashlib.sha256()
     for f in sorted(checkpoint.iterdir()):
         if f.is_file():
             st = f.stat()
             h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     h.update(json.dumps([[q.query, q.instruction, q.documents] for q in queries], ensure_ascii=False).encode())
-    h.update(json.dumps([max_length, threads, versions(REFERENCE_PACKAGES), cpu_name()]).encode())
+    h.update(json.dumps([*key, versions(REFERENCE_PACKAGES), cpu_name()]).encode())
     root = Path(os.environ.get("QRR_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qrr")
     return root / "reference" / f"{h.hexdigest()[:32]}.json"
 

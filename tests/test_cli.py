@@ -72,6 +72,8 @@ def test_bad_jsonl_line(fp32_artifact, tmp_path, capsys):
         ["SRC", "-o", "out", "--quant", "int4", "--method", "gptq"],
         ["SRC", "-o", "out", "--quant", "int4", "--block-size", "48"],
         ["SRC", "-o", "out", "--quant", "int8", "--accuracy-level", "2"],
+        ["SRC", "-o", "out", "--reference-dtype", "float16"],
+        ["SRC", "-o", "out", "--max-pairs", "0"],
     ],
 )
 def test_export_parser_refuses_unknown_values(argv, capsys):
@@ -79,6 +81,31 @@ def test_export_parser_refuses_unknown_values(argv, capsys):
         export_main(argv)
     assert e.value.code == 2
     assert "usage: qrr-export" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt, entry", [("onnx", "export_onnx"), ("openvino", "export_openvino")])
+def test_reference_options_reach_the_exporters(fmt, entry, monkeypatch):
+    pytest.importorskip("torch")
+    import qrr.export
+
+    calls = []
+    monkeypatch.setattr(qrr.export, entry, lambda source, out, **options: calls.append(options))
+    assert export_main(["SRC", "-o", "out", "--format", fmt, "--reference-dtype", "bfloat16", "--max-pairs", "32"]) == 0
+    assert calls[0]["reference_dtype"] == "bfloat16" and calls[0]["max_pairs"] == 32
+    assert export_main(["SRC", "-o", "out", "--format", fmt]) == 0
+    assert calls[1]["reference_dtype"] == "float32" and calls[1]["max_pairs"] is None
+
+
+def test_validate_parses_the_reference_options():
+    from qrr.cli.main import build_parser
+
+    args = build_parser().parse_args(["validate", "art", "--reference", "ckpt", "--reference-dtype", "bfloat16",
+                                      "--max-pairs", "32"])
+    assert (args.reference_dtype, args.max_pairs) == ("bfloat16", 32)
+    args = build_parser().parse_args(["validate", "art", "--reference", "ckpt"])
+    assert (args.reference_dtype, args.max_pairs) == ("float32", None)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["validate", "art", "--reference", "ckpt", "--reference-dtype", "int8"])
 
 
 @pytest.mark.slow
