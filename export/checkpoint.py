@@ -101,68 +101,81 @@ def load_model(checkpoint: Checkpoint, attn_implementation: str | None = None, d
     return model.eval()
 
 
-class WeightReader:
-    """A checkpoint's tensors by name, read one at a time from its safetensors files (the streamed export's
-    source: memory holds the tensors asked for, never the model)."""
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+ROWS_PER_READ = 4096  # embedding rows read at once when gathering the used ones
+
+
+class SafetensorsWeights:
+    """A checkpoint's tensors, each read from its safetensors file when asked for; no file stays open."""
 
     def __init__(self, checkpoint: Checkpoint) -> None:
+        from safetensors import safe_open
+
         path = checkpoint.path
-        index = path / "model.safetensors.index.json"
-        if index.is_file():
-            weight_map = read_json_object(index, CheckpointError, "fix or re-download the checkpoint").get("weight_map")
-            if not isinstance(weight_map, dict) or not weight_map:
-                raise CheckpointError(f"{index} has no weight_map; fix or re-download the checkpoint")
-            self.files = {name: path / file for name, file in weight_map.items()}
-        elif (path / "model.safetensors").is_file():
-            self.files = {name: path / "model.safetensors" for name in self._keys(path / "model.safetensors")}
+        if (path / INDEX_FILE).is_file():
+            weight_map = read_json_object(path / INDEX_FILE, CheckpointError, "fix or re-download the checkpoint")
+            if not isinstance(weight_map.get("weight_map"), dict):
+                raise CheckpointError(f"{path / INDEX_FILE} has no weight_map; fix or re-download the checkpoint")
+            self.files = {name: path / file for name, file in weight_map["weight_map"].items()}
+        elif (path / SINGLE_FILE).is_file():
+            with safe_open(path / SINGLE_FILE, framework="pt") as f:
+                self.files = {name: path / SINGLE_FILE for name in f.keys()}
         else:
             raise CheckpointError(
-                f"{checkpoint.source} has no safetensors weights (model.safetensors or model.safetensors.index.json); "
-                "the streamed export reads safetensors: re-save the checkpoint with save_pretrained()"
+                f"{checkpoint.source} has neither {SINGLE_FILE} nor {INDEX_FILE}: the streamed export and reference "
+                "read safetensors checkpoints; re-download it, or save it with save_pretrained(safe_serialization=True)"
             )
         self.source = checkpoint.source
-        missing = sorted({f for f in self.files.values() if not f.is_file()})
-        if missing:
-            raise CheckpointError(f"{checkpoint.source} lacks the weight file {missing[0].name} its index lists")
+        self.reads: list[str] = []  # the names read, in order: what a test checks the streaming by
 
-    @staticmethod
-    def _keys(file: Path) -> list[str]:
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(file), framework="pt") as f:
-                return list(f.keys())
-        except Exception as exc:
-            raise CheckpointError(f"cannot read {file}: {first_line(exc)}") from None
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.files
-
-    def get(self, name: str, rows: tuple[int, int] | None = None):
-        """The tensor `name` in fp32 (or only its rows start:stop)."""
-        import torch
-        from safetensors import safe_open
-
+    def _file(self, name: str) -> Path:
         if name not in self.files:
-            raise CheckpointError(f"{self.source} has no tensor {name!r}; is it a Qwen3 checkpoint?")
-        try:
-            with safe_open(str(self.files[name]), framework="pt") as f:
-                tensor = f.get_tensor(name) if rows is None else f.get_slice(name)[rows[0] : rows[1]]
-        except Exception as exc:
-            raise CheckpointError(f"cannot read {name} from {self.files[name]}: {first_line(exc)}") from None
-        return tensor.to(torch.float32)
+            raise CheckpointError(f"{self.source} has no tensor {name}; fix or re-download the checkpoint")
+        return self.files[name]
 
-    def rows(self, name: str, ids: list[int]):
-        """Rows `ids` of the 2-D tensor `name`, in fp32, stacked in that order."""
+    def tensor(self, name: str):
+        from safetensors import safe_open
+
+        with safe_open(self._file(name), framework="pt") as f:
+            tensor = f.get_tensor(name)
+        self.reads.append(name)
+        return tensor
+
+    def rows(self, name: str, ids):
+        """Rows `ids` (a 1-D tensor) of the matrix `name`, in that order, reading only the stretches that hold them."""
         import torch
         from safetensors import safe_open
 
-        with safe_open(str(self.files[name]), framework="pt") as f:
-            part = f.get_slice(name)
-            return torch.stack([part[i : i + 1][0] for i in ids]).to(torch.float32)
+        wanted, order = torch.unique(ids, return_inverse=True)
+        parts = []
+        with safe_open(self._file(name), framework="pt") as f:
+            matrix = f.get_slice(name)
+            for block in torch.unique(wanted // ROWS_PER_READ):
+                pick = wanted[wanted // ROWS_PER_READ == block]
+                first = int(pick[0])
+                parts.append(matrix[first : int(pick[-1]) + 1][pick - first])
+        self.reads.append(name)
+        return torch.cat(parts)[order]
+
+    def parameters(self) -> int:
+        """The number of weights in the files (headers only: nothing is loaded)."""
+        import math
+
+        from safetensors import safe_open
+
+        total = 0
+        for file in sorted(set(self.files.values())):
+            with safe_open(file, framework="pt") as f:
+                total += sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
+        return total
 
     def shape(self, name: str) -> list[int]:
         from safetensors import safe_open
 
-        with safe_open(str(self.files[name]), framework="pt") as f:
+        with safe_open(self._file(name), framework="pt") as f:
             return list(f.get_slice(name).get_shape())
+
+    def nbytes(self, dtype_size: int) -> int:
+        """The memory the weights take at `dtype_size` bytes each."""
+        return self.parameters() * dtype_size

@@ -84,7 +84,7 @@ class ScoringModule(nn.Module):
 class ScoringLayer(nn.Module):
     """One decoder layer of the scoring graph, with all that differs between layers inside it: its slice of the
     shared past and its part of `present`. So each layer traces to one named scope (/layers.N/), which the
-    streamed export (qrr.export.stream) repeats for any depth."""
+    streamed export (qrr.export.streamed_export) repeats for any depth."""
 
     def __init__(self, layer: nn.Module, index: int, heads: int, kv_heads: int, head_dim: int) -> None:
         super().__init__()

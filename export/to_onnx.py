@@ -55,7 +55,7 @@ def export_onnx(
     qrr.export.presets.PRESETS, which `method`, `block_size` and `accuracy_level` override, and `calibration`
     (JSON Lines pairs, default: the built-in set) feeds the activation-aware methods; `kernel` and `rotate`
     override the int8 kernel and the rotation. `preset` replaces the precision's preset whole (sweeps).
-    `stream` builds the graph one layer at a time from the safetensors files (qrr.export.stream: memory of
+    `stream` builds the graph one layer at a time from the safetensors files (qrr.export.streamed_export: memory of
     about one layer, for 4B/8B checkpoints); None streams when the whole-model path would not fit in memory.
 
     Returns the manifest. With `validate`, runs the built-in evaluation (or `data`, or its first `max_pairs`
@@ -70,7 +70,7 @@ def export_onnx(
     out = check_options(out_dir, max_length, reference_dtype, max_pairs)
     src = open_source(source, revision, progress)
     if stream is None:
-        from .stream import should_stream
+        from .streamed_export import should_stream
 
         stream = should_stream(src.checkpoint)
     with artifact_folder(out):
@@ -120,8 +120,8 @@ def _export_whole(src, out: Path, precision: str, preset: Preset | None, calibra
 
 def _export_streamed(src, out: Path, precision: str, preset: Preset | None, calibration, max_length: int,
                      progress: Progress) -> dict[str, Any] | None:
-    """One layer at a time from the safetensors files (qrr.export.stream)."""
-    from .stream import StreamError, export_streamed
+    """One layer at a time from the safetensors files (qrr.export.streamed_export)."""
+    from .streamed_export import StreamError, export_streamed
 
     if precision == "fp16":
         raise StreamError("the fp16 export is not streamed; export fp32, int8 or int4, or pass --no-stream")

@@ -216,7 +216,7 @@ def reference_scores(
     pairs = sum(len(q.documents) for q in queries)
     recipe = f"model card recipe, {DTYPE_NAMES[reference_dtype]}"
     if streamed:
-        from .streamed import StreamedReference
+        from .streamed_reference import StreamedReference
 
         layers = int(checkpoint.config.get("num_hidden_layers") or 0) or None
         message = f"scoring the same pairs with the PyTorch reference ({recipe}), streamed layer by layer"
@@ -246,7 +246,7 @@ def should_stream(checkpoint, reference_dtype: str) -> bool:
     """Whether the whole model in `reference_dtype` would take more than STREAM_FRACTION of the memory available."""
     import psutil
 
-    from .streamed import weight_bytes
+    from .streamed_reference import weight_bytes
 
     return weight_bytes(checkpoint, reference_dtype) > STREAM_FRACTION * psutil.virtual_memory().available
 

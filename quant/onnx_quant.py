@@ -81,7 +81,7 @@ def quantize_weights(
 def quantize_linear(model: onnx.ModelProto, *, bits: int, block_size: int, symmetric: bool, accuracy_level: int,
                     method: str, kernel: str) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Every MatMul with a constant 2-D weight of `model`, on `kernel`; the new model and the scheme. Runs on a
-    whole graph or on one layer's (qrr.export.stream)."""
+    whole graph or on one layer's (qrr.export.streamed_export)."""
     if kernel == "rowwise":
         return model, quantize_rowwise_int8(model)
     linear = quantize_nbits(model, bits=bits, block_size=block_size, symmetric=symmetric,

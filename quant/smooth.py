@@ -75,7 +75,7 @@ class LayerRecorder:
 
     `mask` (set per batch) selects the real tokens of a [batch, length] input. The rows kept as a sample are
     drawn with a generator seeded by the layer's index and the site, so the statistics of a layer are the
-    same whether the model runs whole or one layer at a time (qrr.export.stream).
+    same whether the model runs whole or one layer at a time (qrr.export.streamed_export).
     """
 
     def __init__(self, layer, index: int, sample_rows: int = 512) -> None:

@@ -17,7 +17,7 @@ from qrr.export import export_onnx, export_openvino, validate_artifact  # noqa: 
 from qrr.export.checkpoint import resolve  # noqa: E402
 from qrr.export.reference import ReferenceScorer  # noqa: E402
 from qrr.export.report import format_report  # noqa: E402
-from qrr.export.streamed import StreamedReference  # noqa: E402
+from qrr.export.streamed_reference import StreamedReference  # noqa: E402
 from qrr.export.validate import first_pairs, reference_cache_path  # noqa: E402
 from qrr.runtime import QrrError  # noqa: E402
 from qrr.runtime.pairs import load_queries  # noqa: E402

@@ -35,7 +35,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qrr.runtime.errors import QrrError
 
-from .checkpoint import WeightReader
+from .checkpoint import SafetensorsWeights
 from .graph import trace
 from .pipeline import Source, calibration_batches, calibration_info
 from .presets import Preset
@@ -73,15 +73,18 @@ class Template:
 class Skeleton:
     """The traced three-layer graph, taken apart into the top level and the two layer templates."""
 
-    def __init__(self, model: onnx.ModelProto, params: dict[tuple, tuple[str, bool]], types: dict[str, Any]):
+    def __init__(self, model: onnx.ModelProto, params: dict[tuple, tuple[str, bool]], types: dict[str, Any],
+                 folder: Path):
         self.model = model
-        self.types = types
+        self.types, self.params = types, params
         graph = model.graph
         self.inits = {t.name: t for t in graph.initializer}
+        # which parameter each initializer holds, recognised by its values (read now: the folder is temporary)
+        prints = {t.name: fingerprint(t, folder) for t in graph.initializer}
+        self.holds = {name: params[p] for name, p in prints.items() if p in params}
         scoped = {j: [n for n in graph.node if n.name.startswith(f"/layers.{j}/")] for j in range(SKELETON_LAYERS)}
         self.top = [n for n in graph.node if not any(n.name.startswith(f"/layers.{j}/") for j in scoped)]
         self.produced = {j: {o for n in nodes for o in n.output} for j, nodes in scoped.items()}
-        self.params = params
         self.first = self._template(0, scoped[0])
         self.repeat = self._template(1, scoped[1])
         self._compare(scoped[1], scoped[2])
@@ -94,10 +97,7 @@ class Skeleton:
         self._top_links()
 
     def _weight(self, name: str, layer: int | None) -> tuple[str, bool] | None:
-        init = self.inits.get(name)
-        if init is None:
-            return None
-        match = self.params.get(fingerprint(init, self.model_dir))
+        match = self.holds.get(name)
         if match is None:
             return None
         pname, transposed = match
@@ -178,8 +178,6 @@ class Skeleton:
             else:
                 raise StreamError(f"the top-level node {node.name} reads layers {run}; cannot stream this graph")
 
-    model_dir: Path = Path(".")
-
 
 def fingerprint(tensor: TensorProto | np.ndarray, folder: Path | None = None) -> tuple:
     """Shape and leading values of a tensor (an initializer, possibly external, or an array)."""
@@ -196,8 +194,16 @@ def fingerprint(tensor: TensorProto | np.ndarray, folder: Path | None = None) ->
     return tuple(tensor.dims), values.astype(np.float32).tobytes()
 
 
-def _attributes(node: onnx.NodeProto) -> list[bytes]:
-    return [a.SerializeToString() for a in node.attribute]
+def _attributes(node: onnx.NodeProto) -> list[tuple]:
+    """A node's attributes by value (a tensor by its dtype, shape and values, wherever it is stored)."""
+    out = []
+    for a in node.attribute:
+        if a.HasField("t"):
+            value = numpy_helper.to_array(a.t)
+            out.append((a.name, str(value.dtype), value.shape, value.tobytes()))
+        else:
+            out.append((a.name, a.SerializeToString()))
+    return out
 
 
 def _scalar(t: TensorProto) -> float | None:
@@ -232,10 +238,30 @@ def trace_skeleton(config: dict[str, Any], folder: Path) -> Skeleton:
     del model
     gc.collect()
     proto = onnx.load(str(path), load_external_data=False)
+    load_small_tensors(proto, folder)
     types = {v.name: v.type for v in onnx.shape_inference.infer_shapes(proto).graph.value_info}
     types.update({v.name: v.type for v in [*proto.graph.input, *proto.graph.output]})
-    Skeleton.model_dir = folder
-    return Skeleton(proto, params, types)
+    return Skeleton(proto, params, types, folder)
+
+
+def load_small_tensors(proto: onnx.ModelProto, folder: Path, limit: int = 1 << 20) -> None:
+    """Bring the small external tensors (constants) of a graph saved with external data into the graph.
+
+    Over 2 GB the exporter saves every tensor, Constant nodes' values included, to its own file; the skeleton
+    compares constants by value and copies them into each layer, so they must be inline. Weights stay outside.
+    """
+    from onnx.external_data_helper import load_external_data_for_tensor
+
+    tensors = [*proto.graph.initializer, *(a.t for n in proto.graph.node for a in n.attribute if a.HasField("t"))]
+    for t in tensors:
+        if t.data_location != TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        size = int(info["length"]) if "length" in info else (folder / info["location"]).stat().st_size
+        if size <= limit:
+            load_external_data_for_tensor(t, str(folder))
+            t.data_location = TensorProto.DEFAULT
+            del t.external_data[:]
 
 
 class DataWriter:
@@ -328,8 +354,8 @@ def export_streamed(
     depth = int(config["num_hidden_layers"])
     if depth < 2:
         raise StreamError(f"the streamed export needs at least 2 layers; {src.checkpoint.source} has {depth}")
-    reader = WeightReader(src.checkpoint)
-    tied = bool(config.get("tie_word_embeddings")) or "lm_head.weight" not in reader
+    reader = SafetensorsWeights(src.checkpoint)
+    tied = bool(config.get("tie_word_embeddings")) or "lm_head.weight" not in reader.files
     head_name = "model.embed_tokens.weight" if tied else "lm_head.weight"
     rotate = preset is not None and preset.rotate
     scaling = preset is not None and preset.scaling
@@ -360,7 +386,7 @@ def export_streamed(
             for i in range(depth):
                 prefix = f"model.layers.{i}."
                 names = [n[len(prefix):] for n in reader.files if n.startswith(prefix)]
-                layer = runner.new_layer({n: reader.get(prefix + n) for n in names})
+                layer = runner.new_layer({n: reader.tensor(prefix + n).float() for n in names})
                 if rotate:
                     from qrr.quant.rotate import rotate_layer
 
@@ -418,37 +444,19 @@ class _Config:
 def should_stream(checkpoint) -> bool:
     """Whether the whole-model path would not fit: it holds the model in fp32 about three times over (the
     weights, the traced graph, the quantizer's copy); stream when that exceeds the available memory."""
-    files = list(checkpoint.path.glob("*.safetensors")) or list(checkpoint.path.glob("*.bin"))
-    stored = sum(f.stat().st_size for f in files)
-    dtype = str(checkpoint.config.get("torch_dtype") or checkpoint.config.get("dtype") or "float32")
-    fp32 = stored * (2 if dtype in ("bfloat16", "float16") else 1)
-    return 3 * fp32 > available_memory()
+    import psutil
+
+    return 3 * SafetensorsWeights(checkpoint).nbytes(4) > psutil.virtual_memory().available
 
 
-def available_memory() -> int:
-    """Bytes the system can give this process now (MemAvailable), or all of its memory if unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import os
-
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def _embed(reader: WeightReader, ids, q):
+def _embed(reader: SafetensorsWeights, ids, q):
     """Embedding rows of `ids` (rotated by q when given), as the whole model computes them."""
-    import torch
-
-    unique, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
-    rows = reader.rows("model.embed_tokens.weight", unique.tolist())
+    rows = reader.rows("model.embed_tokens.weight", ids.reshape(-1)).float()
     if q is not None:
         from qrr.quant.rotate import rotate_rows
 
         rows = rotate_rows(rows, q)
-    return rows[inverse].reshape(*ids.shape, -1)
+    return rows.reshape(*ids.shape, -1)
 
 
 def _calibrate(runner: LayerRunner, layer, index: int, hidden, batches, preset: Preset):
@@ -552,7 +560,7 @@ def _typed(sk: Skeleton, name: str):
     return v
 
 
-def _top_level(sk: Skeleton, depth: int, reader: WeightReader, head_name: str, config: dict[str, Any], q,
+def _top_level(sk: Skeleton, depth: int, reader: SafetensorsWeights, head_name: str, config: dict[str, Any], q,
                preset: Preset | None, writer: DataWriter, yes_id: int, no_id: int):
     """The skeleton's top-level nodes for `depth` layers, with the real embedding, final norm and direction."""
     import torch
@@ -585,7 +593,7 @@ def _top_level(sk: Skeleton, depth: int, reader: WeightReader, head_name: str, c
             table = name
             continue
         if pname == "model.norm.weight":
-            value = torch.ones(config["hidden_size"]) if q is not None else reader.get(pname)
+            value = torch.ones(config["hidden_size"]) if q is not None else reader.tensor(pname).float()
         elif pname == "direction":
             value = _direction(reader, head_name, yes_id, no_id, q)
         else:
@@ -596,7 +604,7 @@ def _top_level(sk: Skeleton, depth: int, reader: WeightReader, head_name: str, c
     rows, width = reader.shape("model.embed_tokens.weight")
 
     def rows_of(start: int, stop: int) -> np.ndarray:
-        chunk = reader.get("model.embed_tokens.weight", (start, stop))
+        chunk = reader.rows("model.embed_tokens.weight", torch.arange(start, stop)).float()
         if q is not None:
             from qrr.quant.rotate import rotate_rows
 
@@ -623,15 +631,15 @@ def _top_level(sk: Skeleton, depth: int, reader: WeightReader, head_name: str, c
     return nodes, inits, embedding_info
 
 
-def _direction(reader: WeightReader, head_name: str, yes_id: int, no_id: int, q):
+def _direction(reader: SafetensorsWeights, head_name: str, yes_id: int, no_id: int, q):
     """h · direction is the score logit: W[yes] − W[no] of the head (its rotated rows when rotated)."""
     import torch
 
-    rows = list(reader.rows(head_name, [yes_id, no_id]))
+    rows = list(reader.rows(head_name, torch.tensor([yes_id, no_id])).float())
     if q is not None:
         from qrr.quant.rotate import rotate_rows
 
-        gain = reader.get("model.norm.weight")
+        gain = reader.tensor("model.norm.weight").float()
         rows = list(rotate_rows(torch.stack(rows), q, gain))
     return (rows[0].double() - rows[1].double()).float()
 

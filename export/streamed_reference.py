@@ -14,89 +14,19 @@ batch's mask and activations inside the layer.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
 from qrr.runtime.errors import first_line
-from qrr.runtime.manifest import read_json_object
 from qrr.runtime.pairs import Query
 from qrr.runtime.prompt import DEFAULT_MAX_LENGTH, pair_text
 
-from .checkpoint import Checkpoint, CheckpointError, load_tokenizer, yes_no_ids
+from .checkpoint import Checkpoint, CheckpointError, SafetensorsWeights, load_tokenizer, yes_no_ids
 from .presets import check_reference_dtype
 from .progress import Step
 from .reference import RecipeTokenizer
 
-INDEX_FILE = "model.safetensors.index.json"
-SINGLE_FILE = "model.safetensors"
 EMBEDDING = "model.embed_tokens.weight"
-ROWS_PER_READ = 4096  # embedding rows read at once when gathering the used ones
-
-
-class SafetensorsWeights:
-    """A checkpoint's tensors, each read from its safetensors file when asked for; no file stays open."""
-
-    def __init__(self, checkpoint: Checkpoint) -> None:
-        from safetensors import safe_open
-
-        path = checkpoint.path
-        if (path / INDEX_FILE).is_file():
-            weight_map = read_json_object(path / INDEX_FILE, CheckpointError, "fix or re-download the checkpoint")
-            if not isinstance(weight_map.get("weight_map"), dict):
-                raise CheckpointError(f"{path / INDEX_FILE} has no weight_map; fix or re-download the checkpoint")
-            self.files = {name: path / file for name, file in weight_map["weight_map"].items()}
-        elif (path / SINGLE_FILE).is_file():
-            with safe_open(path / SINGLE_FILE, framework="pt") as f:
-                self.files = {name: path / SINGLE_FILE for name in f.keys()}
-        else:
-            raise CheckpointError(
-                f"{checkpoint.source} has neither {SINGLE_FILE} nor {INDEX_FILE}: the streamed reference reads "
-                "safetensors checkpoints; re-download it, or save it with save_pretrained(safe_serialization=True)"
-            )
-        self.source = checkpoint.source
-        self.reads: list[str] = []  # the names read, in order: what a test checks the streaming by
-
-    def _file(self, name: str) -> Path:
-        if name not in self.files:
-            raise CheckpointError(f"{self.source} has no tensor {name}; fix or re-download the checkpoint")
-        return self.files[name]
-
-    def tensor(self, name: str):
-        from safetensors import safe_open
-
-        with safe_open(self._file(name), framework="pt") as f:
-            tensor = f.get_tensor(name)
-        self.reads.append(name)
-        return tensor
-
-    def rows(self, name: str, ids):
-        """Rows `ids` (a 1-D tensor) of the matrix `name`, in that order, reading only the stretches that hold them."""
-        import torch
-        from safetensors import safe_open
-
-        wanted, order = torch.unique(ids, return_inverse=True)
-        parts = []
-        with safe_open(self._file(name), framework="pt") as f:
-            matrix = f.get_slice(name)
-            for block in torch.unique(wanted // ROWS_PER_READ):
-                pick = wanted[wanted // ROWS_PER_READ == block]
-                first = int(pick[0])
-                parts.append(matrix[first : int(pick[-1]) + 1][pick - first])
-        self.reads.append(name)
-        return torch.cat(parts)[order]
-
-    def parameters(self) -> int:
-        """The number of weights in the files (headers only: nothing is loaded)."""
-        import math
-
-        from safetensors import safe_open
-
-        total = 0
-        for file in sorted(set(self.files.values())):
-            with safe_open(file, framework="pt") as f:
-                total += sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
-        return total
 
 
 class StreamedReference(RecipeTokenizer):
