@@ -238,6 +238,13 @@ def trace_skeleton(config: dict[str, Any], folder: Path) -> Skeleton:
     del model
     gc.collect()
     proto = onnx.load(str(path), load_external_data=False)
+    if not any(t.data_location == TensorProto.EXTERNAL for t in proto.graph.initializer):
+        # under 2 GB the exporter keeps the weights in the graph: move them out, so that the skeleton held
+        # through the export is light (1.2 GB for the 4B)
+        onnx.save_model(proto, str(folder / "light.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="light.onnx.data", size_threshold=1024)
+        del proto
+        proto = onnx.load(str(folder / "light.onnx"), load_external_data=False)
     load_small_tensors(proto, folder)
     types = {v.name: v.type for v in onnx.shape_inference.infer_shapes(proto).graph.value_info}
     types.update({v.name: v.type for v in [*proto.graph.input, *proto.graph.output]})
@@ -399,9 +406,9 @@ def export_streamed(
                 layer_nodes, layer_inits, info = _layer_graph(sk, i, depth, params, preset)
                 del params
                 nodes += layer_nodes
-                inits += [writer.add(t.name, numpy_helper.to_array(t)) if t.data_location != TensorProto.EXTERNAL
-                          else t for t in layer_inits]
+                inits += [writer.add(t.name, numpy_helper.to_array(t)) for t in layer_inits]
                 del layer_inits
+                progress.log(f"layer {i + 1}/{depth} written")
                 if info:
                     linear_infos.append(info)
                 step.update(1)
@@ -548,7 +555,15 @@ def _layer_graph(sk: Skeleton, i: int, depth: int, params: dict[str, Any], prese
                 n.name = f"layers.{i}/{n.name}"
         for t in model.graph.initializer:
             t.name = fresh.get(t.name, t.name)
-    return list(model.graph.node), list(model.graph.initializer), info
+    # fresh copies: an element of a protobuf message keeps the whole message alive (its arena holds every
+    # weight of the layer, float and quantized), which made the export grow by a layer's size per layer
+    return [_copy(n, onnx.NodeProto) for n in model.graph.node], list(model.graph.initializer), info
+
+
+def _copy(message, kind):
+    fresh = kind()
+    fresh.CopyFrom(message)
+    return fresh
 
 
 def _typed(sk: Skeleton, name: str):
@@ -622,7 +637,7 @@ def _top_level(sk: Skeleton, depth: int, reader: SafetensorsWeights, head_name: 
                                                        rows_of=rows_of)
         else:
             raise StreamError("the streamed export quantizes the embedding in blocks; per-row int8 is not streamed")
-        new = sub.graph.node[0]
+        new = _copy(sub.graph.node[0], onnx.NodeProto)
         nodes[nodes.index(gather)] = new
         inits += [writer.add(t.name, numpy_helper.to_array(t)) for t in sub.graph.initializer]
     else:
