@@ -97,7 +97,7 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration", type=Path, default=None,
                    help="pairs (JSON Lines) for smoothquant/awq statistics (default: the built-in set)")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
-                   help="ONNX only: build the graph one layer at a time from the safetensors files, in the memory of "
+                   help="build the graph one layer at a time from the safetensors files, in the memory of "
                         "about one layer (4B/8B on a 16-32 GB machine); the same graph and scores (default: stream "
                         "when the whole model would not fit in the available memory)")
     p.add_argument("--max-drop", type=_positive_float, default=None,
@@ -126,11 +126,10 @@ def _export(args: argparse.Namespace) -> int:
         rotate=args.rotate, calibration=args.calibration, progress=Progress(enabled=not args.quiet),
     )
     if args.format == "openvino":
-        for flag, value in (("--accuracy-level", args.accuracy_level), ("--kernel", args.kernel),
-                            ("--stream", args.stream)):
+        for flag, value in (("--accuracy-level", args.accuracy_level), ("--kernel", args.kernel)):
             if value is not None:
                 raise QrrError(f"{flag} is an onnxruntime setting; OpenVINO artifacts do not take it")
-        run = lambda: export_openvino(args.source, args.output, **options)  # noqa: E731
+        run = lambda: export_openvino(args.source, args.output, stream=args.stream, **options)  # noqa: E731
     else:
         run = lambda: export_onnx(args.source, args.output, accuracy_level=args.accuracy_level,  # noqa: E731
                                   kernel=args.kernel, stream=args.stream, **options)

@@ -6,6 +6,7 @@ compress its weights with NNCF (qrr.quant.openvino) after the same activation-aw
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import importlib.util
 import tempfile
@@ -43,12 +44,17 @@ def export_openvino(
     rotate: bool | None = None,
     calibration: str | Path | None = None,
     preset: Preset | None = None,
+    stream: bool | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Export `source` into the OpenVINO artifact folder `out_dir`; the arguments are export_onnx's.
 
     `quant` is fp32, int8 (NNCF per output channel) or int4 (NNCF groups of `block_size`); the CPU
     properties that change numbers are fixed in the manifest (openvino_properties).
+
+    `stream` (None: when the whole model would not fit in memory) builds the graph one layer at a time as
+    export_onnx does, quantized by qrr's own ONNX quantizers (the same weights as the ONNX artifact), and
+    converts that graph: NNCF needs the whole fp32 model in memory.
     """
     progress = progress or Progress()
     precision = precision_of(quant)
@@ -61,26 +67,45 @@ def export_openvino(
         raise QrrError(f"--format openvino needs {' and '.join(missing)}: {EXTRA}")
     out = check_options(out_dir, max_length, reference_dtype, max_pairs)
     src = open_source(source, revision, progress)
+    if stream is None:
+        from .streamed_export import should_stream
+
+        stream = should_stream(src.checkpoint)
     with artifact_folder(out):
         with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
             traced = Path(tmp) / "model.onnx"
-            model, smoothing = load_folded(src, preset, calibration, max_length, progress)
-            with progress.step("tracing the scoring graph to ONNX (fp32 body)"):
-                trace(model, src.yes_id, src.no_id, traced)
-            del model
-            gc.collect()
             scheme = None
-            with progress.step("converting to OpenVINO IR" + (f" and compressing to {precision}" if preset else "")):
+            if stream:
+                from .streamed_export import export_streamed
+
+                if preset is not None and preset.kernel == "rowwise":
+                    # OpenVINO 2025's ONNX reader turns the per-row QuantizeLinear into a FakeQuantize whose
+                    # shapes it then rejects; MatMulNBits-8 converts into its own compressed-weight form
+                    preset = dataclasses.replace(preset, kernel="matmulnbits")
+                scheme, smoothing = export_streamed(src, traced, preset=preset, calibration=calibration,
+                                                    max_length=max_length, progress=progress)
+                if scheme is not None:
+                    scheme.update(method=preset.method, smoothing=smoothing, streamed=True,
+                                  converted="from qrr's streamed ONNX graph (its quantized weights, not NNCF's)")
+            else:
+                model, smoothing = load_folded(src, preset, calibration, max_length, progress)
+                with progress.step("tracing the scoring graph to ONNX (fp32 body)"):
+                    trace(model, src.yes_id, src.no_id, traced)
+                del model
+                gc.collect()
+            with progress.step("converting to OpenVINO IR" + (f" and compressing to {precision}"
+                                                              if preset and not stream else "")):
                 import openvino as ov
 
                 graph = ov.convert_model(str(traced))
-                if preset is not None:
+                if preset is not None and not stream:
                     from qrr.quant.openvino import compress_weights
 
                     graph, scheme = compress_weights(graph, bits=preset.bits, group_size=preset.block_size)
                     scheme.update(method=preset.method, smoothing=smoothing)
                 ov.save_model(graph, str(out / MODEL_FILE), compress_to_fp16=False)
-        backend = {"openvino": {"properties": openvino_properties(precision)}}
+                del graph
+        backend = {"openvino": {"properties": openvino_properties(precision)}, "streamed": stream}
         manifest = write_artifact(out, src, format="openvino", precision=precision, scheme=scheme,
                                   max_length=max_length, model_files=[MODEL_FILE, WEIGHTS_FILE], backend=backend)
     return finish(out, manifest, src, validate=validate, data=data, max_drop=max_drop,

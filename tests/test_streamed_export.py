@@ -117,3 +117,14 @@ def test_skeleton_saved_with_external_data_is_read_the_same(standin, tmp_path):
     assert external.holds == inline.holds
     assert external.repeat.slots.keys() == inline.repeat.slots.keys()
     assert external.fan_in == inline.fan_in and external.last == inline.last
+
+
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_streamed_openvino_export_passes_its_gate(standin, tmp_path, quant):
+    pytest.importorskip("openvino")
+    from qrr.export import export_openvino
+
+    manifest = export_openvino(str(standin), tmp_path / "ov", quant=quant, stream=True, max_pairs=24,
+                               progress=Progress(enabled=False))
+    assert manifest["streamed"] is True and manifest["quantization"]["streamed"] is True
+    assert manifest["validation"]["passed"]
