@@ -128,3 +128,26 @@ def test_streamed_openvino_export_passes_its_gate(standin, tmp_path, quant):
                                progress=Progress(enabled=False))
     assert manifest["streamed"] is True and manifest["quantization"]["streamed"] is True
     assert manifest["validation"]["passed"]
+
+
+def test_streamed_export_equals_the_whole_model_path_with_an_untied_head(standin, tmp_path):
+    """The 8B's head is its own tensor (lm_head), not the embedding."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ckpt = tmp_path / "untied"
+    model = AutoModelForCausalLM.from_pretrained(standin)
+    model.config.tie_word_embeddings = False
+    table = model.model.embed_tokens.weight.detach()
+    noise = torch.randn(table.shape, generator=torch.Generator().manual_seed(0))
+    model.lm_head.weight = torch.nn.Parameter(table + 0.01 * noise)
+    model.save_pretrained(ckpt)
+    for f in standin.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(f, ckpt / f.name)
+    scores = {}
+    for stream in (False, True):
+        export_onnx(str(ckpt), tmp_path / f"a{stream}", quant="int4", validate=False, stream=stream,
+                    progress=Progress(enabled=False))
+        scores[stream] = _scores(tmp_path / f"a{stream}")
+    assert np.array_equal(scores[False], scores[True])
