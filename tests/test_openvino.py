@@ -130,6 +130,8 @@ def test_gpu_is_asked_for_by_name(ov_fp32, monkeypatch):
 
     monkeypatch.setattr(ov, "Core", FakeCore)
     rr = Reranker(ov_fp32, device="gpu", performance_hint="throughput")
+    assert "CACHE_DIR" in seen["config"]  # GPU kernels compile slowly: the load cache keeps them
+    del seen["config"]["CACHE_DIR"]
     assert seen == {"device": "GPU", "config": {"PERFORMANCE_HINT": "THROUGHPUT"}}
     assert rr.device_kind == "GPU" and len(rr.score(QUERY, DOCS[:2])) == 2
     with pytest.raises(DeviceError, match="no GPU device"):
@@ -181,3 +183,38 @@ def test_files_changed_under_a_loaded_reranker(ov_fp32, tmp_path):
     before = rr.score(QUERY, DOCS[:3])
     rewrite_in_place(copy)
     assert rr.score(QUERY, DOCS[:3]) == before
+
+
+def test_load_cache_is_used_and_follows_the_files(ov_fp32, tmp_path, monkeypatch):
+    """The compiled model is imported from the load cache on the second load, with the same scores; OpenVINO's
+    own blob names ignore the files' contents, so a rewritten artifact must get a new entry, and a damaged
+    blob costs a warning and a compile, never the load."""
+    import os
+    import shutil
+    import warnings
+
+    from qrr.runtime.errors import LoadCacheWarning
+
+    monkeypatch.setenv("QRR_CACHE", str(tmp_path / "cache"))
+    copy = shutil.copytree(ov_fp32, tmp_path / "copy")
+    expected = Reranker(copy, load_cache=False).score(QUERY, DOCS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LoadCacheWarning)
+        first, second = Reranker(copy), Reranker(copy)
+    assert (first.session.load_cache, second.session.load_cache) == ("written", "used")
+    assert first.score(QUERY, DOCS) == second.score(QUERY, DOCS) == expected
+    (entry,) = (tmp_path / "cache").glob("load/*/*")
+    (blob,) = entry.glob("*.blob")
+    weights = copy / "model.bin"
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert Reranker(copy).session.load_cache == "written"
+    assert not entry.exists()  # the old version's entry is gone
+    (entry,) = (tmp_path / "cache").glob("load/*/*")
+    (blob,) = entry.glob("*.blob")
+    blob.chmod(0o644)
+    blob.write_bytes(b"\7" * blob.stat().st_size)
+    with pytest.warns(LoadCacheWarning, match="unusable"):
+        damaged = Reranker(copy)
+    assert damaged.score(QUERY, DOCS) == expected
+    assert Reranker(copy).session.load_cache == "written"
