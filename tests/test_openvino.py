@@ -139,6 +139,24 @@ def test_gpu_is_asked_for_by_name(ov_fp32, monkeypatch):
         Reranker(ov_fp32, device="GPU")
 
 
+def test_cpu_keeps_no_executors_per_shape(ov_fp32, monkeypatch):
+    """The CPU plugin is asked to keep no per-shape executors (their memory grew with every input length)."""
+    import openvino as ov
+
+    seen = {}
+    real = ov.Core
+
+    class RecordingCore(real):
+        def compile_model(self, model, device, config):
+            seen.update(config)
+            return super().compile_model(model, device, config)
+
+    monkeypatch.setattr(ov, "Core", RecordingCore)
+    rr = Reranker(ov_fp32, load_cache=False)
+    assert seen["CPU_RUNTIME_CACHE_CAPACITY"] == "0" and "CPU_RUNTIME_CACHE_CAPACITY" not in rr.session.properties
+    assert len(rr.score(QUERY, DOCS[:2])) == 2
+
+
 def test_missing_extra_is_named(ov_fp32, monkeypatch):
     import builtins
 
