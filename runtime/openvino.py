@@ -25,10 +25,8 @@ DEFAULT_PROPERTIES = {
     "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0",
     "KV_CACHE_PRECISION": "f32",
 }
-# The CPU plugin keeps the executors it builds for each input shape it meets (up to 5000 by default), and
-# their memory with them: with the lengths a reranker sees, workload A's peak RSS was 3.2-4.0 GiB (0.6B int8).
-# Kept none, it was 1.9-2.0 GiB, at the same speed within the noise of a shared machine (README).
-CPU_RUNTIME = {"CPU_RUNTIME_CACHE_CAPACITY": "0"}
+# Properties the plugin takes but does not report back
+WRITE_ONLY = ("CPU_RUNTIME_CACHE_CAPACITY",)
 _TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)", "i64": "tensor(int64)", "i32": "tensor(int32)"}
 
 
@@ -86,11 +84,8 @@ class OpenVinoSession:
         config["INFERENCE_NUM_THREADS"] = threads
         if self.device != "CPU":  # the numeric properties above are the CPU plugin's; others choose their own
             config = {k: v for k, v in config.items() if k in ("PERFORMANCE_HINT",)}
-        else:
-            config = {**CPU_RUNTIME, **config}  # an artifact's own setting wins
         self.compiled = self._compile(core, model_file, config, spec, ov.get_version())
-        # what the plugin reports back (CPU_RUNTIME_CACHE_CAPACITY is write-only)
-        self.properties = {k: str(self.compiled.get_property(k)) for k in config if k not in CPU_RUNTIME}
+        self.properties = {k: str(self.compiled.get_property(k)) for k in config if k not in WRITE_ONLY}
         self.request = self.compiled.create_infer_request()
         self.inputs = [_graph_input(p) for p in self.compiled.inputs]
         self._ports = {p.get_any_name(): p for p in self.compiled.outputs}

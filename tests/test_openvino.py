@@ -139,8 +139,11 @@ def test_gpu_is_asked_for_by_name(ov_fp32, monkeypatch):
         Reranker(ov_fp32, device="GPU")
 
 
-def test_cpu_keeps_no_executors_per_shape(ov_fp32, monkeypatch):
-    """The CPU plugin is asked to keep no per-shape executors (their memory grew with every input length)."""
+def test_cpu_keeps_no_executors_per_shape(ov_fp32, tmp_path, monkeypatch):
+    """Exported artifacts ask the CPU plugin to keep no per-shape executors (their memory grew with every input
+    length); the property is write-only, so it is not read back. An older artifact without it keeps the default."""
+    import shutil
+
     import openvino as ov
 
     seen = {}
@@ -148,13 +151,21 @@ def test_cpu_keeps_no_executors_per_shape(ov_fp32, monkeypatch):
 
     class RecordingCore(real):
         def compile_model(self, model, device, config):
+            seen.clear()
             seen.update(config)
             return super().compile_model(model, device, config)
 
     monkeypatch.setattr(ov, "Core", RecordingCore)
+    assert load_manifest(ov_fp32)["openvino"]["properties"]["CPU_RUNTIME_CACHE_CAPACITY"] == "0"
     rr = Reranker(ov_fp32, load_cache=False)
     assert seen["CPU_RUNTIME_CACHE_CAPACITY"] == "0" and "CPU_RUNTIME_CACHE_CAPACITY" not in rr.session.properties
     assert len(rr.score(QUERY, DOCS[:2])) == 2
+    older = shutil.copytree(ov_fp32, tmp_path / "older")
+    manifest = json.loads((older / "qrr.json").read_text())
+    del manifest["openvino"]["properties"]["CPU_RUNTIME_CACHE_CAPACITY"]
+    (older / "qrr.json").write_text(json.dumps(manifest))
+    Reranker(older, load_cache=False)
+    assert "CPU_RUNTIME_CACHE_CAPACITY" not in seen
 
 
 def test_missing_extra_is_named(ov_fp32, monkeypatch):
