@@ -312,7 +312,8 @@ def _bench(args: argparse.Namespace) -> int:
     with PeakRSS() as load_mem:
         start = time.perf_counter()
         rr = Reranker(args.artifact, device=args.device, threads=args.threads, max_length=args.max_length,
-                      prefix_reuse=not args.no_prefix_reuse, batch_tokens=args.batch_tokens)
+                      prefix_reuse=not args.no_prefix_reuse, batch_tokens=args.batch_tokens,
+                      load_cache=not args.no_load_cache)
         rr.score("warm-up", ["a first score"])
         cold = time.perf_counter() - start
     if args.data is not None:
@@ -330,13 +331,15 @@ def _bench(args: argparse.Namespace) -> int:
                      "median_s": timing.median_s, "peak_rss_mib": mem.peak_mib})
     result = {"artifact": str(args.artifact), "format": m["format"], "precision": m["precision"],
               "device": args.device, "threads": rr.threads, "prefix_reuse": rr.prefix_reuse,
-              "cold_start_s": cold, "load_peak_rss_mib": load_mem.peak_mib, "rows": rows}
+              "cold_start_s": cold, "load_cache": rr.session.load_cache, "load_peak_rss_mib": load_mem.peak_mib,
+              "rows": rows}
     if args.json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
         return 0
     print(f"{args.artifact}: {m['format']} {m['precision']} on {args.device}, {rr.threads} threads, "
           f"prefix reuse {'on' if rr.prefix_reuse else 'off'}")
-    print(f"cold start (load + first score): {cold:.2f} s, peak RSS {load_mem.peak_mib:.0f} MiB")
+    print(f"cold start (load + first score): {cold:.2f} s, peak RSS {load_mem.peak_mib:.0f} MiB, "
+          f"load cache {rr.session.load_cache}")
     print(f"{'workload':<9} {'pairs':>5} {'tokens':>7} {'pairs/s':>8} {'ms/pair':>8} {'peak RSS MiB':>12}")
     for r in rows:
         print(f"{r['workload']:<9} {r['pairs']:>5} {r['tokens']:>7} {r['pairs_per_s']:>8.2f} {r['ms_per_pair']:>8.1f} "
@@ -358,6 +361,7 @@ def _compare(args: argparse.Namespace) -> int:
     flags += ["--data", str(args.data)] if args.data is not None else ["--workloads", *args.workloads]
     flags += [f"--{k.replace('_', '-')}={v}" for k, v in (("threads", args.threads), ("max_length", args.max_length)) if v]
     flags += ["--no-prefix-reuse"] if args.no_prefix_reuse else []
+    flags += ["--no-load-cache"] if args.no_load_cache else []
     results = []
     for artifact in artifacts:
         print(f"qrr: benchmarking {artifact} in a fresh process …", file=sys.stderr, flush=True)
@@ -546,6 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-prefix-reuse", action="store_true", help="score every pair whole (to see what reuse saves)")
     p.add_argument("--batch-tokens", type=_positive_int, default=DEFAULT_BATCH_TOKENS,
                    help=f"padded tokens per batch: memory against speed (default {DEFAULT_BATCH_TOKENS})")
+    p.add_argument("--no-load-cache", action="store_true",
+                   help="load without the load cache (README, Load time and memory), to see what it saves")
     p.add_argument("--compare", nargs="+", type=Path, default=None, metavar="ARTIFACT",
                    help="also bench these artifacts, each in a fresh process, rank them all by speed (validated ones "
                         "first) with RSS, cold start and validation figures, and say which to ship")

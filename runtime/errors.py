@@ -17,6 +17,10 @@ class DeviceError(QrrError):
     """The requested device has no execution provider in this installation."""
 
 
+class LoadCacheWarning(UserWarning):
+    """The load cache (runtime/cache.py) could not be read or written: the artifact was loaded without it."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (libraries raise multi-line ones), or its type's name."""
     text = str(exc).strip()

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from .cache import cpu_fingerprint, warn
 from .errors import ArtifactError, DeviceError, InputError, first_line
 from .session import GraphInput, SessionSpec
 
@@ -56,15 +57,9 @@ class OnnxRuntimeSession:
     """
 
     def __init__(self, model_file: Path, spec: SessionSpec) -> None:
-        device, threads, outputs = spec.device, spec.threads, spec.outputs
+        device, outputs = spec.device, spec.outputs
         kind, index = parse_device(device, ort.get_available_providers())
         provider = PROVIDERS[kind][0]
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
         providers: list[Any] = ["CPUExecutionProvider"]
         # set for GPU devices: inputs copied there once per run, outputs allocated there
         self.io_device: tuple[str, int] | None = None
@@ -73,8 +68,7 @@ class OnnxRuntimeSession:
             providers.insert(0, (provider, {"device_id": index}))
             self.io_device = (kind, index)
         try:
-            model = self._load(model_file, so, spec.copy_weights)
-            self.session = ort.InferenceSession(model, sess_options=so, providers=providers)
+            self.session = self._open(model_file, spec, providers, kind)
         except Exception as exc:  # onnxruntime raises its own exception types for every load failure
             raise ArtifactError(
                 f"onnxruntime cannot load {model_file}: {first_line(exc)}; the artifact may be corrupted, re-export it"
@@ -90,6 +84,53 @@ class OnnxRuntimeSession:
             for i in self.session.get_inputs()
         ]
         self._outputs = list(outputs)
+
+    @staticmethod
+    def _options(spec: SessionSpec, level: ort.GraphOptimizationLevel) -> ort.SessionOptions:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = spec.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = level
+        so.log_severity_level = 3
+        return so
+
+    def _open(self, model_file: Path, spec: SessionSpec, providers: list[Any], kind: str) -> ort.InferenceSession:
+        """The session, through the load cache where it applies (the CPU device, memory-mapped weights).
+
+        The cache entry is onnxruntime's own optimized graph at ORT_ENABLE_ALL, saved by the session that
+        optimized it, with the weights it pre-packed for this CPU's kernels in its external data; loaded with
+        the graph optimizations off, it skips them and maps the packed weights instead of allocating them.
+        """
+        self.load_cache = "off"
+        so = self._options(spec, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        if spec.cache is None or kind != "cpu" or spec.copy_weights:
+            return ort.InferenceSession(self._load(model_file, so, spec.copy_weights), sess_options=so, providers=providers)
+        entry = spec.cache.entry(backend="onnxruntime", version=ort.__version__, cpu=cpu_fingerprint(),
+                                 level="ORT_ENABLE_ALL", prepacked=True)
+        if entry.ready():
+            try:
+                cached = self._options(spec, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+                session = ort.InferenceSession(str(entry.path / model_file.name), sess_options=cached, providers=providers)
+                self.load_cache = "used"
+                return session
+            except Exception as exc:
+                entry.discard(first_line(exc))
+        try:
+            with entry.writing() as folder:
+                so.optimized_model_filepath = str(folder / model_file.name)
+                so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                            model_file.name + ".data")
+                so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+                so.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
+                session = ort.InferenceSession(str(model_file), sess_options=so, providers=providers)
+            self.load_cache = "written"
+            return session
+        except Exception as exc:  # the artifact, or the cache folder (not writable, disk full): load it plainly
+            so = self._options(spec, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+            session = ort.InferenceSession(str(model_file), sess_options=so, providers=providers)
+            warn(f"could not write the load cache entry {entry.path} ({first_line(exc)}); loaded without it")
+            return session
 
     def _load(self, model_file: Path, so: ort.SessionOptions, copy: bool) -> bytes | str:
         """The model for InferenceSession: its path (the weights memory-mapped), or with `copy` its bytes, the

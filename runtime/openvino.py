@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .cache import cpu_fingerprint, warn
 from .errors import ArtifactError, DeviceError, InputError, first_line
 from .session import GraphInput, SessionSpec
 
@@ -24,6 +25,8 @@ DEFAULT_PROPERTIES = {
     "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0",
     "KV_CACHE_PRECISION": "f32",
 }
+# Properties the plugin takes but does not report back
+WRITE_ONLY = ("CPU_RUNTIME_CACHE_CAPACITY",)
 _TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)", "i64": "tensor(int64)", "i32": "tensor(int32)"}
 
 
@@ -50,8 +53,21 @@ def _graph_input(port) -> GraphInput:
     return GraphInput(port.get_any_name(), shape, _TYPES.get(type_name, str(port.get_element_type())))
 
 
+def _loaded_from_cache(compiled) -> bool:
+    try:
+        return bool(compiled.get_property("LOADED_FROM_CACHE"))
+    except Exception:  # a plugin that does not say: its import did not fail
+        return True
+
+
 class OpenVinoSession:
-    """`model_file` compiled for `device`, with the manifest's compile `properties` and a performance `hint`."""
+    """`model_file` compiled for `device`, with the manifest's compile `properties` and a performance `hint`.
+
+    With a load cache (spec.cache), the compiled model is kept in an entry of it (OpenVINO's CACHE_DIR) and
+    later loads import it instead of compiling. OpenVINO names its blobs by the model file's path and the
+    compile options, not by the files' contents (a rewritten model.bin still hits the old blob), so the entry
+    is named by our key, which does follow the files.
+    """
 
     def __init__(self, model_file: Path, spec: SessionSpec) -> None:
         device, threads, outputs, properties, hint = spec.device, spec.threads, spec.outputs, spec.properties, spec.hint
@@ -60,29 +76,60 @@ class OpenVinoSession:
         except ImportError:
             raise ArtifactError(EXTRA) from None
         core = ov.Core()
-        if spec.copy_weights:  # read the weights: a mapped file rewritten in place kills the scorer (SIGBUS)
-            core.set_property({"ENABLE_MMAP": False})
+        # read the weights when asked (a mapped file rewritten in place kills the scorer with SIGBUS), else map them
+        core.set_property({"ENABLE_MMAP": not spec.copy_weights})
         self.device = parse_openvino_device(device, list(core.available_devices))
+        config: dict[str, Any] = dict(properties or DEFAULT_PROPERTIES)
+        config["PERFORMANCE_HINT"] = hint.upper()
+        config["INFERENCE_NUM_THREADS"] = threads
+        if self.device != "CPU":  # the numeric properties above are the CPU plugin's; others choose their own
+            config = {k: v for k, v in config.items() if k in ("PERFORMANCE_HINT",)}
+        self.compiled = self._compile(core, model_file, config, spec, ov.get_version())
+        self.properties = {k: str(self.compiled.get_property(k)) for k in config if k not in WRITE_ONLY}
+        self.request = self.compiled.create_infer_request()
+        self.inputs = [_graph_input(p) for p in self.compiled.inputs]
+        self._ports = {p.get_any_name(): p for p in self.compiled.outputs}
+        self._outputs = list(outputs)
+
+    def _compile(self, core, model_file: Path, config: dict[str, Any], spec: SessionSpec, version: str):
+        """The compiled model, from the load cache when it has it; read and compiled (and cached) when not."""
+        self.load_cache = "off"
+        if spec.cache is not None and not spec.copy_weights:
+            entry = spec.cache.entry(backend="openvino", version=version, device=self.device, cpu=cpu_fingerprint(),
+                                     config={k: str(v) for k, v in config.items()})
+            if entry.ready():
+                try:
+                    compiled = core.compile_model(str(model_file), self.device, {**config, "CACHE_DIR": str(entry.path)})
+                except Exception as exc:
+                    entry.discard(first_line(exc))
+                else:
+                    if _loaded_from_cache(compiled):
+                        self.load_cache = "used"
+                        return compiled
+                    entry.discard("OpenVINO compiled the model instead of importing the entry's blob")
+                    return compiled
+            try:
+                with entry.writing() as folder:
+                    compiled = core.compile_model(str(model_file), self.device, {**config, "CACHE_DIR": str(folder)})
+                self.load_cache = "written" if entry.ready() else "off"  # a device that cannot export writes none
+                return compiled
+            except Exception as exc:  # the artifact, or the cache folder: the plain load says which
+                compiled = self._compile_plainly(core, model_file, config)
+                warn(f"could not write the load cache entry {entry.path} ({first_line(exc)}); loaded without it")
+                return compiled
+        return self._compile_plainly(core, model_file, config)
+
+    def _compile_plainly(self, core, model_file: Path, config: dict[str, Any]):
         try:
             model = core.read_model(str(model_file))
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with multi-line messages
             raise ArtifactError(
                 f"OpenVINO cannot read {model_file}: {first_line(exc)}; the artifact may be corrupted, re-export it"
             ) from None
-        config: dict[str, Any] = dict(properties or DEFAULT_PROPERTIES)
-        config["PERFORMANCE_HINT"] = hint.upper()
-        config["INFERENCE_NUM_THREADS"] = threads
-        if self.device != "CPU":  # the numeric properties above are the CPU plugin's; others choose their own
-            config = {k: v for k, v in config.items() if k in ("PERFORMANCE_HINT",)}
         try:
-            self.compiled = core.compile_model(model, self.device, config)
+            return core.compile_model(model, self.device, config)
         except Exception as exc:
             raise DeviceError(f"OpenVINO could not compile the model for {self.device}: {first_line(exc)}") from None
-        self.properties = {k: str(self.compiled.get_property(k)) for k in config}
-        self.request = self.compiled.create_infer_request()
-        self.inputs = [_graph_input(p) for p in self.compiled.inputs]
-        self._ports = {p.get_any_name(): p for p in self.compiled.outputs}
-        self._outputs = list(outputs)
 
     def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         result = self.request.infer(feeds, share_inputs=True)

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from .cache import LoadCache
 from .errors import ArtifactError, InputError
 from .manifest import load_manifest
 from .planner import CHUNK_TOKENS, DEFAULT_BATCH_TOKENS, plan_batches, plan_prefixes
@@ -41,6 +42,9 @@ class Reranker(CrossEncoderCalls):
     then be rewritten or removed under the running scorer (a mapped file rewritten in place kills the process
     with SIGBUS), at the cost of resident memory (0.6B int8: 1337 against 858 MiB peak on workload A).
     `qrr serve` sets it.
+    `load_cache=True` keeps what loading derives from the artifact on this machine in the user's cache folder
+    (onnxruntime on the CPU: the optimized graph with its pre-packed weights; OpenVINO: the compiled model), so
+    that later loads skip that work; the scores are the same (README, "Load time and memory").
     """
 
     def __init__(
@@ -54,6 +58,7 @@ class Reranker(CrossEncoderCalls):
         prefix_reuse: bool = True,
         performance_hint: str = "latency",
         copy_weights: bool = False,
+        load_cache: bool = True,
     ) -> None:
         self.path = Path(path)
         self.manifest = load_manifest(self.path)
@@ -84,7 +89,9 @@ class Reranker(CrossEncoderCalls):
         self.threads = threads or physical_cores()
         # a format's own manifest fields are under its name, e.g. "openvino": {"properties": {...}}
         properties = (m.get(m["format"]) or {}).get("properties")
-        spec = SessionSpec(device, self.threads, tuple(m["outputs"]), properties, performance_hint, bool(copy_weights))
+        cache = LoadCache.of(self.path, list(m["files"])) if load_cache else None
+        spec = SessionSpec(device, self.threads, tuple(m["outputs"]), properties, performance_hint, bool(copy_weights),
+                           cache)
         self.session = open_session(self.path / m["model_file"], m["format"], spec)
         self.device_kind = self.session.device
         inputs = {i.name: i for i in self.session.inputs}

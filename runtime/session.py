@@ -11,11 +11,14 @@ import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from .errors import ArtifactError
+
+if TYPE_CHECKING:
+    from .cache import LoadCache
 
 # the manifest's format → (module in qrr.runtime, class)
 BACKENDS = {
@@ -37,6 +40,7 @@ class Session(Protocol):
 
     device: str  # the device kind it resolved to (onnxruntime: 'cpu', 'cuda', 'dml'; OpenVINO: 'CPU', 'GPU' ...)
     inputs: Sequence[GraphInput]
+    load_cache: str  # 'used' (loaded from the load cache), 'written' (loaded, and the entry written) or 'off'
 
     def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(score logits, present keys and values) for the graph inputs in `feeds`."""
@@ -48,7 +52,8 @@ class SessionSpec:
     """What a backend is asked for: where and how to run the graph.
 
     `outputs` are the graph's (score logits, present) output names, from the manifest; `properties` are the
-    backend's compile properties, from the manifest; `hint` is a performance hint ('latency' or 'throughput').
+    backend's compile properties, from the manifest; `hint` is a performance hint ('latency' or 'throughput');
+    `cache` is the artifact's place in the load cache (cache.py), None to load without it.
     """
 
     device: str
@@ -57,6 +62,7 @@ class SessionSpec:
     properties: dict[str, str] | None = None
     hint: str = "latency"
     copy_weights: bool = False  # read the weights into memory instead of memory-mapping the files
+    cache: LoadCache | None = None
 
 
 def open_session(model_file: Path, format: str, spec: SessionSpec) -> Session:

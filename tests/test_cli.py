@@ -141,6 +141,7 @@ def test_bench_workloads_and_own_data(fp32_artifact, tmp_path, capsys):
     assert main(["bench", str(fp32_artifact), "--workloads", "A", "C", "--repeat", "1", "--warmup", "0", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["format"] == "onnx" and out["prefix_reuse"] is True and out["cold_start_s"] > 0
+    assert out["load_cache"] in ("written", "used")  # written by the first load of the session's artifact
     rows = {r["workload"]: r for r in out["rows"]}
     assert rows["A"]["pairs"] == 32 and rows["C"]["pairs"] == 64
     # A: one query, documents of ~200 tokens each (prompt included, the pairs are longer)
@@ -148,9 +149,10 @@ def test_bench_workloads_and_own_data(fp32_artifact, tmp_path, capsys):
     assert all(r["pairs_per_s"] > 0 and r["peak_rss_mib"] > 0 for r in rows.values())
     data = tmp_path / "pairs.jsonl"
     data.write_text(json.dumps({"query": QUERY, "documents": DOCS[:3]}) + "\n" + json.dumps({"query": "q", "document": "d"}))
-    assert main(["bench", str(fp32_artifact), "--data", str(data), "--repeat", "1", "--no-prefix-reuse"]) == 0
+    argv = ["bench", str(fp32_artifact), "--data", str(data), "--repeat", "1", "--no-prefix-reuse", "--no-load-cache"]
+    assert main(argv) == 0
     table = capsys.readouterr().out
-    assert "prefix reuse off" in table and "data" in table.splitlines()[-1]
+    assert "prefix reuse off" in table and "load cache off" in table and "data" in table.splitlines()[-1]
 
 
 def test_bench_rejects_bad_data(fp32_artifact, tmp_path, capsys):

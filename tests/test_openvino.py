@@ -130,11 +130,42 @@ def test_gpu_is_asked_for_by_name(ov_fp32, monkeypatch):
 
     monkeypatch.setattr(ov, "Core", FakeCore)
     rr = Reranker(ov_fp32, device="gpu", performance_hint="throughput")
+    assert "CACHE_DIR" in seen["config"]  # GPU kernels compile slowly: the load cache keeps them
+    del seen["config"]["CACHE_DIR"]
     assert seen == {"device": "GPU", "config": {"PERFORMANCE_HINT": "THROUGHPUT"}}
     assert rr.device_kind == "GPU" and len(rr.score(QUERY, DOCS[:2])) == 2
     with pytest.raises(DeviceError, match="no GPU device"):
         monkeypatch.setattr(ov, "Core", real)
         Reranker(ov_fp32, device="GPU")
+
+
+def test_cpu_keeps_no_executors_per_shape(ov_fp32, tmp_path, monkeypatch):
+    """Exported artifacts ask the CPU plugin to keep no per-shape executors (their memory grew with every input
+    length); the property is write-only, so it is not read back. An older artifact without it keeps the default."""
+    import shutil
+
+    import openvino as ov
+
+    seen = {}
+    real = ov.Core
+
+    class RecordingCore(real):
+        def compile_model(self, model, device, config):
+            seen.clear()
+            seen.update(config)
+            return super().compile_model(model, device, config)
+
+    monkeypatch.setattr(ov, "Core", RecordingCore)
+    assert load_manifest(ov_fp32)["openvino"]["properties"]["CPU_RUNTIME_CACHE_CAPACITY"] == "0"
+    rr = Reranker(ov_fp32, load_cache=False)
+    assert seen["CPU_RUNTIME_CACHE_CAPACITY"] == "0" and "CPU_RUNTIME_CACHE_CAPACITY" not in rr.session.properties
+    assert len(rr.score(QUERY, DOCS[:2])) == 2
+    older = shutil.copytree(ov_fp32, tmp_path / "older")
+    manifest = json.loads((older / "qrr.json").read_text())
+    del manifest["openvino"]["properties"]["CPU_RUNTIME_CACHE_CAPACITY"]
+    (older / "qrr.json").write_text(json.dumps(manifest))
+    Reranker(older, load_cache=False)
+    assert "CPU_RUNTIME_CACHE_CAPACITY" not in seen
 
 
 def test_missing_extra_is_named(ov_fp32, monkeypatch):
@@ -181,3 +212,38 @@ def test_files_changed_under_a_loaded_reranker(ov_fp32, tmp_path):
     before = rr.score(QUERY, DOCS[:3])
     rewrite_in_place(copy)
     assert rr.score(QUERY, DOCS[:3]) == before
+
+
+def test_load_cache_is_used_and_follows_the_files(ov_fp32, tmp_path, monkeypatch):
+    """The compiled model is imported from the load cache on the second load, with the same scores; OpenVINO's
+    own blob names ignore the files' contents, so a rewritten artifact must get a new entry, and a damaged
+    blob costs a warning and a compile, never the load."""
+    import os
+    import shutil
+    import warnings
+
+    from qrr.runtime.errors import LoadCacheWarning
+
+    monkeypatch.setenv("QRR_CACHE", str(tmp_path / "cache"))
+    copy = shutil.copytree(ov_fp32, tmp_path / "copy")
+    expected = Reranker(copy, load_cache=False).score(QUERY, DOCS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LoadCacheWarning)
+        first, second = Reranker(copy), Reranker(copy)
+    assert (first.session.load_cache, second.session.load_cache) == ("written", "used")
+    assert first.score(QUERY, DOCS) == second.score(QUERY, DOCS) == expected
+    (entry,) = (tmp_path / "cache").glob("load/*/*")
+    (blob,) = entry.glob("*.blob")
+    weights = copy / "model.bin"
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert Reranker(copy).session.load_cache == "written"
+    assert not entry.exists()  # the old version's entry is gone
+    (entry,) = (tmp_path / "cache").glob("load/*/*")
+    (blob,) = entry.glob("*.blob")
+    blob.chmod(0o644)
+    blob.write_bytes(b"\7" * blob.stat().st_size)
+    with pytest.warns(LoadCacheWarning, match="unusable"):
+        damaged = Reranker(copy)
+    assert damaged.score(QUERY, DOCS) == expected
+    assert Reranker(copy).session.load_cache == "written"

@@ -1,0 +1,114 @@
+"""The load cache (runtime/cache.py): written on the first load, used on the next, never stale, never fatal."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+from conftest import DOCS, QUERY
+
+from qrr.runtime import Reranker
+from qrr.runtime.cache import ENTRY_FILE, LoadCache
+from qrr.runtime.errors import LoadCacheWarning
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "cache"
+    monkeypatch.setenv("QRR_CACHE", str(root))
+    return root
+
+
+@pytest.fixture(params=["fp32", "int8"])
+def artifact(request, tmp_path) -> Path:
+    """A per-test copy of the fp32 or the int8 artifact (int8: the weights onnxruntime pre-packs)."""
+    return Path(shutil.copytree(request.getfixturevalue(f"{request.param}_artifact"), tmp_path / "artifact"))
+
+
+def entries(cache: Path) -> list[Path]:
+    return sorted(p for p in cache.glob("load/*/*") if not p.name.startswith("."))
+
+
+def load(path: Path, **options) -> Reranker:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LoadCacheWarning)  # a test that expects one says so
+        return Reranker(path, threads=1, **options)
+
+
+def test_written_then_used_with_the_same_scores(artifact, cache):
+    plain = load(artifact, load_cache=False)
+    assert plain.session.load_cache == "off" and not cache.exists()
+    expected = plain.score(QUERY, DOCS)
+    first = load(artifact)
+    assert first.session.load_cache == "written" and len(entries(cache)) == 1
+    assert first.score(QUERY, DOCS) == expected
+    second = load(artifact)
+    assert second.session.load_cache == "used"
+    assert second.score(QUERY, DOCS) == expected  # bit for bit: the same graph, the same packed weights
+    record = json.loads((entries(cache)[0] / ENTRY_FILE).read_text())
+    assert {"model.onnx", "model.onnx.data"} <= set(record["files"])
+
+
+def test_a_changed_artifact_gets_a_new_entry_and_the_old_one_goes(artifact, cache):
+    load(artifact)
+    (old,) = entries(cache)
+    data = artifact / "model.onnx.data"
+    st = data.stat()
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # rewritten: the same size, a new time
+    again = load(artifact)
+    assert again.session.load_cache == "written"
+    (new,) = entries(cache)
+    assert new != old and not old.exists()
+    assert load(artifact).session.load_cache == "used"
+
+
+def test_the_key_follows_files_and_manifest(artifact, tmp_path):
+    files = ["model.onnx", "model.onnx.data", "tokenizer.json"]
+    key = LoadCache.of(artifact, files, root=tmp_path)
+    assert LoadCache.of(artifact, files, root=tmp_path) == key
+    manifest = artifact / "qrr.json"
+    st = manifest.stat()
+    text = manifest.read_text()
+    manifest.write_text(text.replace('"created": "', '"created": "1'))
+    os.utime(manifest, ns=(st.st_atime_ns, st.st_mtime_ns))  # the bytes alone changed
+    changed = LoadCache.of(artifact, files, root=tmp_path)
+    assert changed.folder == key.folder and changed.artifact != key.artifact
+    assert key.entry(backend="x", cpu="a") != key.entry(backend="x", cpu="b")
+
+
+def test_a_damaged_entry_warns_and_loads_from_the_artifact(artifact, cache):
+    expected = load(artifact, load_cache=False).score(QUERY, DOCS)
+    load(artifact)
+    (entry,) = entries(cache)
+    graph = entry / "model.onnx"
+    graph.write_bytes(b"\0garbage" * (graph.stat().st_size // 8) + b"\0" * (graph.stat().st_size % 8))  # same size
+    with pytest.warns(LoadCacheWarning, match="unusable"):
+        rr = Reranker(artifact, threads=1)
+    assert rr.session.load_cache == "written"  # and written again
+    assert rr.score(QUERY, DOCS) == expected
+    assert load(artifact).session.load_cache == "used"
+
+
+def test_a_truncated_entry_is_not_used(artifact, cache):
+    load(artifact)
+    (entry,) = entries(cache)
+    with open(entry / "model.onnx.data", "r+b") as f:
+        f.truncate(100)
+    assert load(artifact).session.load_cache == "written"
+
+
+def test_an_unwritable_cache_warns_and_loads(artifact, cache):
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text("a file where the cache folder would be")
+    expected = load(artifact, load_cache=False).score(QUERY, DOCS)
+    with pytest.warns(LoadCacheWarning, match="could not write"):
+        rr = Reranker(artifact, threads=1)
+    assert rr.session.load_cache == "off" and rr.score(QUERY, DOCS) == expected
+
+
+def test_copied_weights_skip_the_cache(artifact, cache):
+    assert load(artifact, copy_weights=True).session.load_cache == "off" and not cache.exists()
