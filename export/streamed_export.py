@@ -212,15 +212,22 @@ def _scalar(t: TensorProto) -> float | None:
     return float(numpy_helper.to_array(t).reshape(-1)[0])
 
 
+def small_config(config: dict[str, Any], layers: int, **overrides):
+    """The checkpoint's Qwen3Config with `layers` layers and a small vocabulary (the skeleton, the layer runner)."""
+    from transformers import Qwen3Config
+
+    cfg = {k: v for k, v in config.items() if k not in ("architectures", "auto_map", "dtype", "torch_dtype")}
+    cfg.update(num_hidden_layers=layers, vocab_size=SKELETON_VOCAB, layer_types=None, bos_token_id=None,
+               eos_token_id=None, pad_token_id=None, **overrides)
+    return Qwen3Config(**cfg)
+
+
 def trace_skeleton(config: dict[str, Any], folder: Path) -> Skeleton:
     """Trace the scoring graph of a SKELETON_LAYERS-layer model of `config` into `folder`; take it apart."""
     import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3ForCausalLM
 
-    cfg = {k: v for k, v in config.items() if k not in ("architectures", "auto_map", "dtype", "torch_dtype")}
-    cfg.update(num_hidden_layers=SKELETON_LAYERS, vocab_size=SKELETON_VOCAB, tie_word_embeddings=False,
-               layer_types=None, bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    model = Qwen3ForCausalLM(Qwen3Config(**cfg)).eval()
+    model = Qwen3ForCausalLM(small_config(config, SKELETON_LAYERS, tie_word_embeddings=False)).eval()
     gen = torch.Generator().manual_seed(0)
     params: dict[tuple, tuple[str, bool]] = {}
     with torch.no_grad():
@@ -317,13 +324,9 @@ class LayerRunner:
 
     def __init__(self, config: dict[str, Any]) -> None:
         import torch
-        from transformers import Qwen3Config
         from transformers.models.qwen3.modeling_qwen3 import Qwen3Model
 
-        cfg = {k: v for k, v in config.items() if k not in ("architectures", "auto_map", "dtype", "torch_dtype")}
-        cfg.update(num_hidden_layers=1, vocab_size=SKELETON_VOCAB, layer_types=None, bos_token_id=None,
-                   eos_token_id=None, pad_token_id=None)
-        self.config = Qwen3Config(**cfg)
+        self.config = small_config(config, 1)
         self.config._attn_implementation = "eager"
         self.shell = Qwen3Model(self.config).eval()
         self.shell.norm = torch.nn.Identity()
@@ -367,7 +370,7 @@ def export_streamed(
     rotate = preset is not None and preset.rotate
     scaling = preset is not None and preset.scaling
     folded: dict[str, Any] = {}
-    q = h = None
+    q = None
     if rotate:
         from qrr.quant import rotate as rot
 
@@ -397,13 +400,13 @@ def export_streamed(
                 if rotate:
                     from qrr.quant.rotate import rotate_layer
 
-                    rotate_layer(layer, q, h)
+                    rotate_layer(layer, q)
                 if scaling:
                     hidden, info = _calibrate(runner, layer, i, hidden, batches, preset)
                     alphas += info
                 params = {n: p.detach() for n, p in layer.state_dict().items()}
                 del layer
-                layer_nodes, layer_inits, info = _layer_graph(sk, i, depth, params, preset)
+                layer_nodes, layer_inits, info = _layer_graph(sk, i, params, preset)
                 del params
                 nodes += layer_nodes
                 inits += [writer.add(t.name, numpy_helper.to_array(t)) for t in layer_inits]
@@ -493,7 +496,7 @@ def _rename(name: str, scope: str, i: int) -> str:
     return f"layers.{i}/{name}"
 
 
-def _layer_graph(sk: Skeleton, i: int, depth: int, params: dict[str, Any], preset: Preset | None):
+def _layer_graph(sk: Skeleton, i: int, params: dict[str, Any], preset: Preset | None):
     """Layer i's nodes and initializers, quantized as `preset` asks; and the quantizer's scheme."""
     template = sk.first if i == 0 else sk.repeat
     own = sk.produced[0 if i == 0 else 1] | {t.name for t in template.constants} | set(template.weights)
