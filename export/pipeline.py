@@ -6,6 +6,7 @@ export_onnx (to_onnx.py) and export_openvino (to_openvino.py) are these steps ar
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import shutil
 import time
@@ -49,6 +50,41 @@ def check_options(out_dir: str | Path, max_length: object, reference_dtype: obje
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise QrrError(f"output folder {out} exists and is not empty; choose a new folder or remove it")
     return out
+
+
+# bytes an artifact holds per weight: int8/int4 codes plus an fp32 scale per block of 32, the embedding included
+ARTIFACT_BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "int8": 1.125, "int4": 0.625}
+
+
+def check_disk(out: Path, checkpoint: Checkpoint, precision: str, stream: bool) -> None:
+    """Refuse before any work when the file system of `out` cannot hold what the export writes there: the artifact,
+    the fused copy that the offline optimizer writes beside it, and (whole-model path) the traced fp32 graph. A full
+    disk found at the end would cost the hours of a 4B/8B export and end in a backend's own error."""
+    from types import SimpleNamespace
+
+    from .standin import qwen3_tensor_shapes
+
+    config = dict(checkpoint.config)
+    config.setdefault("tie_word_embeddings", False)
+    try:
+        # the LM head is not in the artifact: the score reads two of its rows
+        weights = sum(math.prod(shape) for name, shape, _ in qwen3_tensor_shapes(SimpleNamespace(**config))
+                      if name != "lm_head.weight")
+    except (AttributeError, TypeError, ZeroDivisionError):
+        return  # a config without the Qwen3 fields: its own check names what is missing
+    artifact = weights * ARTIFACT_BYTES_PER_WEIGHT.get(precision, 4.0)
+    needed = 2 * artifact + (0 if stream else 4 * weights)
+    folder = out
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise QrrError(
+            f"not enough disk space: the {precision} export of this checkpoint ({weights / 1e9:.2f}B weights) writes "
+            f"about {needed / 1e9:.1f} GB into {out} (an artifact of about {artifact / 1e9:.1f} GB and its working "
+            f"copies), and that file system has {free / 1e9:.1f} GB free; free some space or choose an output folder "
+            "on another disk"
+        )
 
 
 def open_source(source: str, revision: str | None, progress: Progress) -> Source:

@@ -11,7 +11,7 @@ from typing import Any
 from qrr.runtime.prompt import DEFAULT_MAX_LENGTH
 
 from .graph import OPSET, trace
-from .pipeline import artifact_folder, check_options, finish, load_folded, open_source, write_artifact
+from .pipeline import artifact_folder, check_disk, check_options, finish, load_folded, open_source, write_artifact
 from .presets import Preset, precision_of, preset_for
 from .progress import Progress
 
@@ -73,6 +73,7 @@ def export_onnx(
         from .streamed_export import should_stream
 
         stream = should_stream(src.checkpoint)
+    check_disk(out, src.checkpoint, precision, stream)
     with artifact_folder(out):
         if stream:
             scheme = _export_streamed(src, out, precision, preset, calibration, max_length, progress)

@@ -18,7 +18,7 @@ from qrr.runtime.openvino import DEFAULT_PROPERTIES
 from qrr.runtime.prompt import DEFAULT_MAX_LENGTH
 
 from .graph import trace
-from .pipeline import artifact_folder, check_options, finish, load_folded, open_source, write_artifact
+from .pipeline import artifact_folder, check_disk, check_options, finish, load_folded, open_source, write_artifact
 from .presets import OPENVINO_PRECISIONS, Preset, precision_of, preset_for
 from .progress import Progress
 
@@ -71,6 +71,7 @@ def export_openvino(
         from .streamed_export import should_stream
 
         stream = should_stream(src.checkpoint)
+    check_disk(out, src.checkpoint, precision, stream)
     with artifact_folder(out):
         with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
             traced = Path(tmp) / "model.onnx"

@@ -110,6 +110,36 @@ def test_missing_source_and_bad_output(tmp_path, standin):
         export_onnx(str(standin), tmp_path / "q", quant="int3", progress=QUIET)
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_full_disk_is_refused_before_the_work(monkeypatch, tmp_path, standin, fmt):
+    """The disk check runs before any tracing, with the sizes of this checkpoint, and leaves no folder behind."""
+    from collections import namedtuple
+
+    from qrr.export import pipeline
+
+    usage = namedtuple("usage", "total used free")
+    seen = []
+
+    def tiny_disk(path):
+        seen.append(path)
+        return usage(10**9, 10**9 - 1000, 1000)
+
+    monkeypatch.setattr(pipeline.shutil, "disk_usage", tiny_disk)
+    if fmt == "openvino":
+        pytest.importorskip("openvino")
+        from qrr.export import export_openvino as export
+    else:
+        export = export_onnx
+    out = tmp_path / "new" / "artifact"
+    with pytest.raises(QrrError, match=r"not enough disk space: the int8 export .* 0\.0 GB free; free some space"):
+        export(str(standin), out, quant="int8", progress=QUIET)
+    assert seen == [tmp_path] and not out.exists()
+    # with room, the same export runs (the estimate is of this checkpoint, not a fixed size)
+    monkeypatch.setattr(pipeline.shutil, "disk_usage", lambda path: usage(10**12, 0, 10**12))
+    export(str(standin), out, quant="int8", validate=False, progress=QUIET)
+    assert (out / "qrr.json").is_file()
+
+
 def test_hub_id_is_downloaded_with_the_hub_client(monkeypatch, standin, tmp_path):
     calls = []
     commit = "0123456789abcdef0123456789abcdef01234567"
