@@ -68,6 +68,10 @@ def warn(message: str) -> None:
     warnings.warn(message, LoadCacheWarning, stacklevel=2)
 
 
+class NoRoom(OSError):
+    """The cache's file system cannot hold an entry."""
+
+
 @dataclass(frozen=True)
 class LoadCache:
     """One artifact's place in the load cache: `folder` is named by the artifact folder's path, `artifact` is
@@ -120,14 +124,20 @@ class Entry:
         shutil.rmtree(self.path, ignore_errors=True)
 
     @contextmanager
-    def writing(self) -> Iterator[Path]:
+    def writing(self, room: int = 0) -> Iterator[Path]:
         """A temporary folder to write the entry's files into; published as the entry when the block succeeds.
 
         A block that writes nothing (a device that cannot export its compiled model) publishes nothing. Another
         process may publish the same entry meanwhile: then its copy stays and this one is dropped. Entries of the
-        same artifact folder derived from other versions of its files are removed.
+        same artifact folder derived from other versions of its files are removed. When the cache's file system
+        has less than `room` bytes free, NoRoom is raised before anything is written (the backend's own write
+        would fail late, after its work, with its own message).
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.path.parent).free
+        if free < room:
+            raise NoRoom(f"{free / 1e9:.1f} GB free in {self.path.parent}, the entry needs about {room / 1e9:.1f} GB; "
+                         "set QRR_CACHE to a folder with room, or load with load_cache=False")
         tmp = self.path.parent / f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp"
         tmp.mkdir()
         try:

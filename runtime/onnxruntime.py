@@ -117,7 +117,11 @@ class OnnxRuntimeSession:
             except Exception as exc:
                 entry.discard(first_line(exc))
         try:
-            with entry.writing() as folder:
+            # the optimized graph with the original and the pre-packed weights: about 2.2x the artifact's data
+            # (0.6B int8 1.4 GB for 634 MiB, 4B int8 8.1 GB for 3.9 GiB)
+            data = model_file.with_name(model_file.name + ".data")
+            room = 3 * (model_file.stat().st_size + (data.stat().st_size if data.is_file() else 0))
+            with entry.writing(room) as folder:
                 so.optimized_model_filepath = str(folder / model_file.name)
                 so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
                                             model_file.name + ".data")

@@ -110,5 +110,26 @@ def test_an_unwritable_cache_warns_and_loads(artifact, cache):
     assert rr.session.load_cache == "off" and rr.score(QUERY, DOCS) == expected
 
 
+def test_a_full_disk_skips_the_entry_before_the_work(artifact, cache, monkeypatch):
+    """Too little room for the entry (about twice the artifact): a warning that says so, one session built, not
+    two (the backend's own write would fail only after optimizing the graph), and no entry left behind."""
+    from collections import namedtuple
+
+    import onnxruntime as ort
+
+    from qrr.runtime import cache as cache_module
+
+    expected = load(artifact, load_cache=False).score(QUERY, DOCS)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    built = []
+    real = ort.InferenceSession
+    monkeypatch.setattr(ort, "InferenceSession", lambda *a, **k: built.append(1) or real(*a, **k))
+    with pytest.warns(LoadCacheWarning, match=r"0\.0 GB free in .*the entry needs about .*set QRR_CACHE"):
+        rr = Reranker(artifact, threads=1)
+    assert rr.session.load_cache == "off" and len(built) == 1 and not entries(cache)
+    assert rr.score(QUERY, DOCS) == expected
+
+
 def test_copied_weights_skip_the_cache(artifact, cache):
     assert load(artifact, copy_weights=True).session.load_cache == "off" and not cache.exists()
