@@ -36,6 +36,7 @@ def schemes() -> dict[str, tuple[str, object]]:
                                    embedding_block=None)
     return {
         "int8": ("int8", int8),
+        "int8-alpha-searched": ("int8", dataclasses.replace(int8, alpha=None)),
         "int8-no-rotation": ("int8", dataclasses.replace(int8, rotate=False, sites=("attn", "mlp", "down", "vo"))),
         "int8-all-sites": ("int8", dataclasses.replace(int8, sites=("attn", "mlp", "down", "vo"))),
         "int8-matmulnbits": ("int8", dataclasses.replace(int8, kernel="matmulnbits")),

@@ -122,7 +122,7 @@ def fold_scales(model, tokenizer, preset: Preset, calibration: str | Path | None
     batches = calibration_batches(tokenizer, calibration, max_length)
     stats = smooth.collect_stats(model, batches)
     if preset.method == "smoothquant":
-        info = smooth.smoothquant(model, stats, sites=preset.sites)
+        info = smooth.smoothquant(model, stats, preset.alpha, preset.sites, **preset.rounding)
     else:
         info = smooth.awq(model, stats, bits=preset.bits, block=preset.block_size, symmetric=preset.symmetric,
                           sites=preset.sites)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from qrr.runtime.errors import QrrError
 
@@ -55,6 +56,7 @@ class Preset:
     rotate: bool = False  # rotate the residual stream and the values first (qrr.quant.rotate)
     sites: tuple[str, ...] = SITES
     embedding_block: int | None = 32  # None: one scale per embedding row
+    alpha: float | None = 0.5  # SmoothQuant's migration strength; None: searched per site (qrr.quant.smooth)
 
     def with_overrides(
         self,
@@ -81,6 +83,12 @@ class Preset:
             if preset.method == "hqq":
                 raise QrrError("hqq is a 4-bit rounding; the rowwise kernel rounds to nearest")
         return preset
+
+    @property
+    def rounding(self) -> dict[str, Any]:
+        """How the kernel rounds, for the scale searches that emulate it (qrr.quant.smooth.kernel_matmul)."""
+        return {"kernel": self.kernel, "bits": self.bits, "block": self.block_size, "symmetric": self.symmetric,
+                "accuracy_level": self.accuracy_level}
 
     @property
     def scaling(self) -> bool:

@@ -435,7 +435,7 @@ def export_streamed(
         from qrr.quant import smooth
 
         if preset.method == "smoothquant":
-            folded.update(method="smoothquant", alpha=0.5, sites=list(preset.sites))
+            folded.update(smooth.smoothquant_info(preset.alpha, alphas, preset.sites))
         else:
             folded.update(smooth.awq_info(alphas, preset.bits, preset.block_size, preset.sites))
         folded["calibration"] = calibration_info(calibration, batches)
@@ -471,7 +471,7 @@ def _embed(reader: SafetensorsWeights, ids, q):
 
 def _calibrate(runner: LayerRunner, layer, index: int, hidden, batches, preset: Preset):
     """Record the layer's site statistics while carrying the calibration activations through it; fold the
-    scales. Returns the next layer's activations and the AWQ α chosen (none for SmoothQuant)."""
+    scales. Returns the next layer's activations and the α used at each site."""
     from qrr.quant import smooth
 
     recorder = smooth.LayerRecorder(layer, index)
@@ -483,8 +483,7 @@ def _calibrate(runner: LayerRunner, layer, index: int, hidden, batches, preset: 
     finally:
         stats = recorder.close()
     if preset.method == "smoothquant":
-        smooth.smoothquant_layer(layer, stats, sites=preset.sites)
-        return out, []
+        return out, smooth.smoothquant_layer(layer, stats, preset.alpha, preset.sites, **preset.rounding)
     return out, smooth.awq_layer(layer, stats, bits=preset.bits, block=preset.block_size,
                                  symmetric=preset.symmetric, sites=preset.sites)
 

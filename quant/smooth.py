@@ -166,22 +166,87 @@ def fake_quant(weight: torch.Tensor, bits: int, block: int, symmetric: bool) -> 
     return q.reshape(out_f, -1)[:, :in_f]
 
 
+def int8_rows(x: torch.Tensor) -> torch.Tensor:
+    """x rounded to int8 with one symmetric scale per row (max|x| / 127), as the rowwise kernel's graph does."""
+    scale = (x.abs().amax(-1, keepdim=True) / 127.0).clamp(min=1e-30)
+    return (x / scale).round().clamp(-127, 127) * scale
+
+
+def int8_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
+    """x rounded to int8 with one symmetric scale per `block` values of a row (MatMulNBits, accuracy_level 4)."""
+    rows, n = x.shape
+    padded = torch.nn.functional.pad(x, (0, (-n) % block)).reshape(rows, -1, block)
+    return int8_rows(padded).reshape(rows, -1)[:, :n]
+
+
+def kernel_matmul(x: torch.Tensor, weight: torch.Tensor, *, kernel: str, bits: int, block: int,
+                  symmetric: bool, accuracy_level: int) -> torch.Tensor:
+    """x @ weight.T with the rounding of the kernel that will run it: rowwise, x int8 per row and the weights
+    int8 per output channel (symmetric, / 127); matmulnbits, the weights in blocks (fake_quant) and, at
+    accuracy_level 4, x int8 per block of the same size."""
+    if kernel == "rowwise":
+        return int8_rows(x) @ int8_rows(weight).T
+    xq = int8_blocks(x, block) if accuracy_level == 4 else x
+    return xq @ fake_quant(weight, bits, block, symmetric).T
+
+
+ALPHAS = tuple(k / 10 for k in range(11))  # the grid of the searched migration strength
+
+
 @torch.no_grad()
-def smoothquant(model, stats: list[dict[str, SiteStats]], alpha: float = 0.5, sites: tuple[str, ...] = SITES) -> dict:
-    """SmoothQuant scales at `sites`; flattens activation outliers before int8 activation quantization."""
+def smoothquant(model, stats: list[dict[str, SiteStats]], alpha: float | None = 0.5, sites: tuple[str, ...] = SITES,
+                **kernel) -> dict:
+    """SmoothQuant scales at `sites`; flattens activation outliers before int8 activation quantization. alpha None
+    searches it per site (smoothquant_layer; `kernel` says how the kernel rounds)."""
+    chosen = []
     for layer, layer_stats in zip(model.model.layers, stats):
-        smoothquant_layer(layer, layer_stats, alpha, sites)
-    return {"method": "smoothquant", "alpha": alpha, "sites": list(sites)}
+        chosen += smoothquant_layer(layer, layer_stats, alpha, sites, **kernel)
+    return smoothquant_info(alpha, chosen, sites)
+
+
+def smoothquant_info(alpha: float | None, chosen: list[float], sites: tuple[str, ...]) -> dict:
+    info = {"method": "smoothquant", "alpha": "searched per site" if alpha is None else alpha, "sites": list(sites)}
+    if alpha is None and chosen:
+        info.update(alpha_mean=sum(chosen) / len(chosen), alpha_min=min(chosen), alpha_max=max(chosen))
+    return info
 
 
 @torch.no_grad()
-def smoothquant_layer(layer, stats: dict[str, SiteStats], alpha: float = 0.5, sites: tuple[str, ...] = SITES) -> None:
-    """SmoothQuant scales folded into one layer."""
+def smoothquant_layer(layer, stats: dict[str, SiteStats], alpha: float | None = 0.5, sites: tuple[str, ...] = SITES,
+                      *, kernel: str = "rowwise", bits: int = 8, block: int = 32, symmetric: bool = True,
+                      accuracy_level: int = 4) -> list[float]:
+    """SmoothQuant scales s = max|x|^α / max|w|^(1-α) folded into one layer; the α used at each site.
+
+    With alpha None, α is searched per site over ALPHAS: the one whose output on the site's calibration rows is
+    closest to the unquantized output once both the activations and the weights are rounded as `kernel` rounds
+    them (kernel_matmul). A fixed α suits one outlier strength; the search lets a 300x channel move more of its
+    range into the weights than a 10x one, at each site of each layer."""
+    chosen = []
     for site in sites:
         readers = _site_modules(layer)[site][1]
         wmax = _per_site(layer, site, torch.stack([p.weight.abs().amax(0) for p in readers]).amax(0)).clamp(min=1e-8)
         xmax = _per_site(layer, site, stats[site].absmax).clamp(min=1e-8)
-        fold(layer, site, (xmax**alpha / wmax ** (1 - alpha)).clamp(min=1e-4))
+
+        def scale(a: float) -> torch.Tensor:
+            return (xmax**a / wmax ** (1 - a)).clamp(min=1e-4)
+
+        if alpha is not None:
+            best = alpha
+        else:
+            x = stats[site].sample.float()
+            weights = [p.weight.float() for p in readers]
+            reference = [x @ w.T for w in weights]
+            errors = []
+            for a in ALPHAS:
+                wide = _expand(layer, site, scale(a))
+                err = sum((kernel_matmul(x / wide, w * wide[None, :], kernel=kernel, bits=bits, block=block,
+                                         symmetric=symmetric, accuracy_level=accuracy_level) - ref).pow(2).mean().item()
+                          for w, ref in zip(weights, reference))
+                errors.append((err, a))
+            best = min(errors)[1]  # ties: the smaller α
+        fold(layer, site, scale(best))
+        chosen.append(best)
+    return chosen
 
 
 @torch.no_grad()

@@ -100,6 +100,70 @@ def test_fake_quant_matches_the_grid():
     assert torch.allclose(steps, steps.round(), atol=1e-4) and (q - w).abs().max() <= scale.max() / 2 + 1e-6
 
 
+def test_the_alpha_search_rounds_as_the_rowwise_kernel_does():
+    """The searched SmoothQuant α is chosen by kernel_matmul's output error: it must be the output of the rowwise
+    graph onnxruntime runs (int8 per row × int8 per output column), not an idealised one."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from qrr.quant.onnx_quant import quantize_rowwise_int8
+    from qrr.quant.smooth import kernel_matmul
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(37, 96, generator=gen)
+    x[:, 5] *= 40  # an outlier channel: the row scales are set by it
+    w = torch.randn(48, 96, generator=gen) * 0.05
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "one",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 96])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 48])],
+        initializer=[numpy_helper.from_array(w.T.contiguous().numpy(), "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    quantize_rowwise_int8(model)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    ran = session.run(None, {"x": x.numpy()})[0]
+    emulated = kernel_matmul(x, w, kernel="rowwise", bits=8, block=32, symmetric=True, accuracy_level=4).numpy()
+    exact = (x @ w.T).numpy()
+    np.testing.assert_allclose(ran, emulated, rtol=1e-4, atol=1e-4 * np.abs(exact).max())
+    assert np.abs(ran - exact).max() > 100 * np.abs(ran - emulated).max()  # the rounding error is what it models
+
+
+def test_searched_alpha_preserves_the_function_and_lowers_the_kernel_error(trained):
+    """α searched per site (Preset.alpha None): the fp32 function is unchanged (a fold), and the folded layer's
+    output as the rowwise kernel rounds it is far closer to the exact one than without smoothing when the site's
+    input has outlier channels, and no worse when it has none."""
+    from transformers import AutoModelForCausalLM
+
+    from qrr.quant.smooth import SiteStats, kernel_matmul, smoothquant_layer
+
+    def load_layer():
+        return AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32).eval().model.layers[0]
+
+    rounding = {"kernel": "rowwise", "bits": 8, "block": 32, "symmetric": True, "accuracy_level": 4}
+    gen = torch.Generator().manual_seed(0)
+    flat = torch.randn(256, load_layer().mlp.down_proj.in_features, generator=gen)
+    spiky = flat.clone()
+    spiky[:, :3] *= 300
+    for name, x in (("flat", flat), ("spiky", spiky)):
+        layer = load_layer()
+        w = layer.mlp.down_proj.weight.detach().clone()
+        exact = x @ w.T
+        unsmoothed = (kernel_matmul(x, w, **rounding) - exact).pow(2).mean()
+        h = torch.randn(2, 5, layer.mlp.gate_proj.in_features, generator=torch.Generator().manual_seed(1))
+        before = layer.mlp(h)
+        stats = {"down": SiteStats(x.abs().amax(0), x.abs().mean(0), x)}
+        (alpha,) = smoothquant_layer(layer, stats, None, ("down",), **rounding)
+        torch.testing.assert_close(before, layer.mlp(h), atol=1e-4, rtol=1e-4)
+        scale = (layer.mlp.down_proj.weight / w)[0]  # the folded per-channel scale
+        smoothed = (kernel_matmul(x / scale, layer.mlp.down_proj.weight, **rounding) - exact).pow(2).mean()
+        if name == "spiky":
+            assert smoothed < unsmoothed / 5, (alpha, smoothed, unsmoothed)
+        else:
+            assert smoothed <= unsmoothed * 1.05, (alpha, smoothed, unsmoothed)
+
+
 def test_int4_is_smaller_than_int8(int4_artifact, int8_artifact):
     size = lambda a: sum(json.loads((a / "qrr.json").read_text())["files"].values())  # noqa: E731
     assert size(int4_artifact) < size(int8_artifact)
