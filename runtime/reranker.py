@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -75,10 +74,7 @@ class Reranker(CrossEncoderCalls):
         if performance_hint not in HINTS:  # checked for every format, so a typo never waits for an OpenVINO artifact
             raise InputError(f"performance_hint must be 'latency' or 'throughput', got {performance_hint!r}")
         prompt = m["prompt"]
-        # the tokenizer loads on a thread while the session opens (the longest two steps of a cold start): reading
-        # tokenizer.json holds the GIL, while onnxruntime and OpenVINO release it to build and compile the model
-        tokenizer = Background(
-            PromptTokenizer,
+        self.tokenizer = PromptTokenizer(
             self.path / m["tokenizer_file"],
             prefix=prompt["prefix"],
             suffix=prompt["suffix"],
@@ -86,21 +82,17 @@ class Reranker(CrossEncoderCalls):
             default_instruction=prompt["default_instruction"],
             max_length=max_length,
         )
+        self.max_length = max_length
+        self.batch_tokens = batch_tokens
+        self.pad_token_id = int(m["pad_token_id"])
+        self.device = device
         self.threads = threads or physical_cores()
         # a format's own manifest fields are under its name, e.g. "openvino": {"properties": {...}}
         properties = (m.get(m["format"]) or {}).get("properties")
         cache = LoadCache.of(self.path, list(m["files"])) if load_cache else None
         spec = SessionSpec(device, self.threads, tuple(m["outputs"]), properties, performance_hint, bool(copy_weights),
                            cache)
-        try:
-            self.session = open_session(self.path / m["model_file"], m["format"], spec)
-        finally:
-            # its error first, as when the tokenizer loaded before the session (a bad max_length, a bad file)
-            self.tokenizer = tokenizer.result()
-        self.max_length = max_length
-        self.batch_tokens = batch_tokens
-        self.pad_token_id = int(m["pad_token_id"])
-        self.device = device
+        self.session = open_session(self.path / m["model_file"], m["format"], spec)
         self.device_kind = self.session.device
         inputs = {i.name: i for i in self.session.inputs}
         expected = list(m["inputs"])
@@ -246,28 +238,6 @@ class Reranker(CrossEncoderCalls):
         }
         logits, present = self.session.run(feeds)
         return logits.astype(np.float32).reshape(-1), present
-
-
-class Background:
-    """`build(*args, **kwargs)` on its own thread; result() waits for it and returns its value or raises its error."""
-
-    def __init__(self, build, *args: Any, **kwargs: Any) -> None:
-        self._value: Any = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(build, args, kwargs), name="qrr-load", daemon=True)
-        self._thread.start()
-
-    def _run(self, build, args, kwargs) -> None:
-        try:
-            self._value = build(*args, **kwargs)
-        except BaseException as exc:  # handed to the caller's thread by result()
-            self._error = exc
-
-    def result(self) -> Any:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -88,22 +88,6 @@ def test_corrupted_tokenizer(artifact_copy):
     assert "tokenizer" in one_line(e)
 
 
-def test_tokenizer_and_graph_both_broken(artifact_copy):
-    """The tokenizer loads on a thread while the session opens: its error still comes first (as when it loaded
-    before the session), the session's error is kept as its context, and no loading thread is left behind."""
-    import threading
-
-    tok = artifact_copy / "tokenizer.json"
-    tok.write_bytes(b"{" + b" " * (tok.stat().st_size - 1))
-    graph = artifact_copy / "model.onnx"
-    graph.write_bytes(b"\x07" * graph.stat().st_size)
-    with pytest.raises(ArtifactError) as e:
-        Reranker(artifact_copy)
-    assert "cannot read the tokenizer" in one_line(e)
-    assert "onnxruntime cannot load" in str(e.value.__context__)
-    assert not [t for t in threading.enumerate() if t.name == "qrr-load"]
-
-
 @pytest.fixture(scope="module")
 def rr(fp32_artifact):
     return Reranker(fp32_artifact)
