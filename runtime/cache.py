@@ -17,6 +17,7 @@ never the load itself.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -79,6 +80,7 @@ class LoadCache:
 
     folder: Path
     artifact: str
+    source: str = ""  # the artifact folder, recorded in its entries: an entry whose folder is gone is removed
 
     @classmethod
     def of(cls, artifact: Path, files: list[str], manifest: str = "qrr.json", root: Path | None = None) -> LoadCache:
@@ -96,11 +98,11 @@ class LoadCache:
         except OSError:
             pass
         folder = (root or cache_root()) / "load" / _digest(str(artifact))
-        return cls(folder, _digest([CACHE_VERSION, stats]))
+        return cls(folder, _digest([CACHE_VERSION, stats]), str(artifact))
 
     def entry(self, **settings: Any) -> Entry:
         """The entry of this artifact for a backend's `settings` (backend, its version, CPU, load options)."""
-        return Entry(self.folder / _digest([self.artifact, settings]), self.artifact)
+        return Entry(self.folder / _digest([self.artifact, settings]), self.artifact, self.source)
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class Entry:
 
     path: Path
     artifact: str
+    source: str = ""
 
     def ready(self) -> bool:
         """Whether the entry is complete: its record is there and every file it lists has its recorded size."""
@@ -144,7 +147,8 @@ class Entry:
             yield tmp
             files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
             if files:
-                (tmp / ENTRY_FILE).write_text(json.dumps({"artifact": self.artifact, "files": files}, indent=1))
+                record = {"artifact": self.artifact, "source": self.source, "files": files}
+                (tmp / ENTRY_FILE).write_text(json.dumps(record, indent=1))
                 try:
                     tmp.rename(self.path)
                 except OSError:  # published meanwhile by another process
@@ -172,3 +176,20 @@ class Entry:
                 stale = False  # being written, or not ours: leave it
             if stale:
                 shutil.rmtree(other, ignore_errors=True)
+        self._prune_orphans()
+
+    def _prune_orphans(self) -> None:
+        """Remove the entries of artifact folders that no longer exist: a deleted 8B artifact would otherwise
+        leave its 10 GB entry behind for good. Entries that do not record their folder are left alone."""
+        for folder in self.path.parent.parent.iterdir():
+            if folder == self.path.parent or not folder.is_dir():
+                continue
+            for entry in folder.iterdir():
+                try:
+                    source = json.loads((entry / ENTRY_FILE).read_text()).get("source")
+                except (OSError, ValueError, AttributeError):
+                    continue
+                if source and not Path(source).exists():
+                    shutil.rmtree(entry, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when nothing is left in it

@@ -131,5 +131,20 @@ def test_a_full_disk_skips_the_entry_before_the_work(artifact, cache, monkeypatc
     assert rr.score(QUERY, DOCS) == expected
 
 
+def test_the_entry_of_a_deleted_artifact_goes_with_the_next_write(artifact, cache, tmp_path):
+    """An artifact folder that is deleted leaves its entry (about twice its size) behind until another entry is
+    written; then it is removed, and the entries of artifacts that still exist stay."""
+    kept = Path(shutil.copytree(artifact, tmp_path / "kept"))
+    gone = Path(shutil.copytree(artifact, tmp_path / "gone"))
+    later = Path(shutil.copytree(artifact, tmp_path / "later"))
+    assert load(kept).session.load_cache == load(gone).session.load_cache == "written"
+    assert len(entries(cache)) == 2
+    shutil.rmtree(gone)
+    assert load(later).session.load_cache == "written"
+    sources = {json.loads((e / ENTRY_FILE).read_text())["source"] for e in entries(cache)}
+    assert sources == {str(kept.resolve()), str(later.resolve())}
+    assert load(kept).session.load_cache == "used"
+
+
 def test_copied_weights_skip_the_cache(artifact, cache):
     assert load(artifact, copy_weights=True).session.load_cache == "off" and not cache.exists()
