@@ -166,27 +166,14 @@ def fake_quant(weight: torch.Tensor, bits: int, block: int, symmetric: bool) -> 
     return q.reshape(out_f, -1)[:, :in_f]
 
 
-def int8_rows(x: torch.Tensor) -> torch.Tensor:
-    """x rounded to int8 with one symmetric scale per row (max|x| / 127), as the rowwise kernel's graph does."""
-    scale = (x.abs().amax(-1, keepdim=True) / 127.0).clamp(min=1e-30)
-    return (x / scale).round().clamp(-127, 127) * scale
-
-
-def int8_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
-    """x rounded to int8 with one symmetric scale per `block` values of a row (MatMulNBits, accuracy_level 4)."""
-    rows, n = x.shape
-    padded = torch.nn.functional.pad(x, (0, (-n) % block)).reshape(rows, -1, block)
-    return int8_rows(padded).reshape(rows, -1)[:, :n]
-
-
 def kernel_matmul(x: torch.Tensor, weight: torch.Tensor, *, kernel: str, bits: int, block: int,
                   symmetric: bool, accuracy_level: int) -> torch.Tensor:
     """x @ weight.T with the rounding of the kernel that will run it: rowwise, x int8 per row and the weights
-    int8 per output channel (symmetric, / 127); matmulnbits, the weights in blocks (fake_quant) and, at
-    accuracy_level 4, x int8 per block of the same size."""
+    int8 per output channel (symmetric, / 127: fake_quant with one block per row); matmulnbits, the weights in
+    blocks and, at accuracy_level 4, x int8 per block of the same size."""
     if kernel == "rowwise":
-        return int8_rows(x) @ int8_rows(weight).T
-    xq = int8_blocks(x, block) if accuracy_level == 4 else x
+        return fake_quant(x, 8, x.shape[1], True) @ fake_quant(weight, 8, weight.shape[1], True).T
+    xq = fake_quant(x, 8, block, True) if accuracy_level == 4 else x
     return xq @ fake_quant(weight, bits, block, symmetric).T
 
 
