@@ -17,6 +17,7 @@ from pathlib import Path
 from qrr.export.presets import (
     ACCURACY_LEVELS,
     ALIASES,
+    ATTENTIONS,
     BLOCK_SIZES,
     DEFAULT_MAX_DROP,
     FORMATS,
@@ -91,6 +92,9 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
                    help="ONNX int8 only: rowwise = int8 activations per token on the integer GEMM (fast, scores "
                         "independent of the batch), matmulnbits = MatMulNBits blocks (default: "
                         f"{PRESETS['int8'].kernel})")
+    p.add_argument("--attention", choices=ATTENTIONS, default=None,
+                   help="ONNX only: gqa = onnxruntime's GroupQueryAttention kernel (CPU), ops = standard ONNX ops "
+                        "(for int4 on a GPU) (default: gqa, ops for fp16)")
     p.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=None,
                    help="int8/int4 only: rotate the residual stream before quantizing, function-preserving "
                         "(default: per precision, README)")
@@ -126,13 +130,14 @@ def _export(args: argparse.Namespace) -> int:
         rotate=args.rotate, calibration=args.calibration, progress=Progress(enabled=not args.quiet),
     )
     if args.format == "openvino":
-        for flag, value in (("--accuracy-level", args.accuracy_level), ("--kernel", args.kernel)):
+        for flag, value in (("--accuracy-level", args.accuracy_level), ("--kernel", args.kernel),
+                            ("--attention", args.attention)):
             if value is not None:
                 raise QrrError(f"{flag} is an onnxruntime setting; OpenVINO artifacts do not take it")
         run = lambda: export_openvino(args.source, args.output, stream=args.stream, **options)  # noqa: E731
     else:
         run = lambda: export_onnx(args.source, args.output, accuracy_level=args.accuracy_level,  # noqa: E731
-                                  kernel=args.kernel, stream=args.stream, **options)
+                                  kernel=args.kernel, stream=args.stream, attention=args.attention, **options)
     try:
         run()
     except ImportError as exc:  # torch, transformers or onnx missing or broken

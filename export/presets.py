@@ -21,6 +21,7 @@ SCALING_METHODS = ("smoothquant", "awq")  # fold activation-aware scales, from c
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 ACCURACY_LEVELS = (0, 4)  # onnxruntime MatMulNBits: 0 float activations, 4 int8 activations (VNNI)
 KERNELS = ("rowwise", "matmulnbits")  # int8 per row × per column (integer GEMM), or MatMulNBits blocks
+ATTENTIONS = ("gqa", "ops")  # the ONNX graph's attention: onnxruntime's GroupQueryAttention, or standard ops
 SITES = ("attn", "mlp", "down", "vo")  # where activation-aware scales are folded (qrr.quant.smooth)
 CALIBRATION_PAIRS = 64
 # Largest allowed |ΔP(yes)| of any evaluation pair against the reference, per precision (README, "Validation").

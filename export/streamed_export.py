@@ -222,7 +222,7 @@ def small_config(config: dict[str, Any], layers: int, **overrides):
     return Qwen3Config(**cfg)
 
 
-def trace_skeleton(config: dict[str, Any], folder: Path) -> Skeleton:
+def trace_skeleton(config: dict[str, Any], folder: Path, attention: str = "ops") -> Skeleton:
     """Trace the scoring graph of a SKELETON_LAYERS-layer model of `config` into `folder`; take it apart."""
     import torch
     from transformers import Qwen3ForCausalLM
@@ -241,7 +241,7 @@ def trace_skeleton(config: dict[str, Any], folder: Path) -> Skeleton:
         direction = (head[1].double() - head[2].double()).float().numpy()
         params[fingerprint(direction)] = ("direction", False)
     path = folder / "skeleton.onnx"
-    trace(model, 1, 2, path)
+    trace(model, 1, 2, path, attention=attention)
     del model
     gc.collect()
     proto = onnx.load(str(path), load_external_data=False)
@@ -357,9 +357,11 @@ def export_streamed(
     calibration: str | Path | None,
     max_length: int,
     progress: Progress,
+    attention: str = "ops",
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """Write the scoring graph of `src` to `out_file` (weights in out_file.data) one layer at a time; returns
-    the quantization scheme (None for fp32) and what was folded (rotation, scales)."""
+    the quantization scheme (None for fp32) and what was folded (rotation, scales). `attention` is
+    graph.ScoringModule's."""
     config = src.checkpoint.config
     depth = int(config["num_hidden_layers"])
     if depth < 2:
@@ -379,7 +381,7 @@ def export_streamed(
 
     with tempfile.TemporaryDirectory(dir=out_file.parent, prefix=".skeleton-") as tmp:
         with progress.step(f"tracing a {SKELETON_LAYERS}-layer skeleton of the graph"):
-            sk = trace_skeleton(config, Path(tmp))
+            sk = trace_skeleton(config, Path(tmp), attention)
     writer = DataWriter(out_file.with_name(out_file.name + ".data"))
     nodes: list[onnx.NodeProto] = []
     inits: list[TensorProto] = []

@@ -8,11 +8,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from qrr.runtime.errors import QrrError
 from qrr.runtime.prompt import DEFAULT_MAX_LENGTH
 
 from .graph import OPSET, trace
 from .pipeline import artifact_folder, check_disk, check_options, finish, load_folded, open_source, write_artifact
-from .presets import Preset, precision_of, preset_for
+from .presets import ATTENTIONS, Preset, precision_of, preset_for
 from .progress import Progress
 
 MODEL_FILE = "model.onnx"
@@ -23,8 +24,8 @@ FP16_SCHEME = {
     "fp32": ["score head direction and final dot product", "RMSNorm statistics", "attention softmax"],
 }
 # onnxruntime's fusions that the saved graph may hold on Qwen3, by fused op (README, "The artifact")
-FUSED_OPS = ("SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "RotaryEmbedding", "FusedMatMul",
-             "MatMulNBits", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "GatherBlockQuantized")
+FUSED_OPS = ("GroupQueryAttention", "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization",
+             "RotaryEmbedding", "FusedMatMul", "MatMulNBits", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "GatherBlockQuantized")
 
 
 def export_onnx(
@@ -47,6 +48,7 @@ def export_onnx(
     calibration: str | Path | None = None,
     preset: Preset | None = None,
     stream: bool | None = None,
+    attention: str | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Export `source` (a checkpoint folder or hub id) into the ONNX artifact folder `out_dir`.
@@ -55,6 +57,9 @@ def export_onnx(
     qrr.export.presets.PRESETS, which `method`, `block_size` and `accuracy_level` override, and `calibration`
     (JSON Lines pairs, default: the built-in set) feeds the activation-aware methods; `kernel` and `rotate`
     override the int8 kernel and the rotation. `preset` replaces the precision's preset whole (sweeps).
+    `attention` is how the graph computes attention (graph.ATTENTIONS): "gqa", onnxruntime's
+    GroupQueryAttention (the CPU default: one kernel, only the causal part of each row's softmax), or "ops",
+    standard ONNX ops (the fp16 default: onnxruntime's CUDA kernel of that op takes fp16 only).
     `stream` builds the graph one layer at a time from the safetensors files (qrr.export.streamed_export: memory of
     about one layer, for 4B/8B checkpoints); None streams when the whole-model path would not fit in memory.
 
@@ -68,6 +73,7 @@ def export_onnx(
         preset = preset_for(precision, method=method, block_size=block_size, accuracy_level=accuracy_level,
                             kernel=kernel, rotate=rotate, calibration=calibration)
     out = check_options(out_dir, max_length, reference_dtype, max_pairs)
+    attention = attention_for(precision, attention)
     src = open_source(source, revision, progress)
     if stream is None:
         from .streamed_export import should_stream
@@ -76,11 +82,12 @@ def export_onnx(
     check_disk(out, src.checkpoint, precision, stream)
     with artifact_folder(out):
         if stream:
-            scheme = _export_streamed(src, out, precision, preset, calibration, max_length, progress)
+            scheme = _export_streamed(src, out, precision, preset, calibration, max_length, attention, progress)
             files = [MODEL_FILE, MODEL_FILE + ".data"]
         else:
-            scheme, files = _export_whole(src, out, precision, preset, calibration, max_length, progress)
-        backend: dict[str, Any] = {"opset": OPSET, "streamed": stream}
+            scheme, files = _export_whole(src, out, precision, preset, calibration, max_length, attention,
+                                          progress)
+        backend: dict[str, Any] = {"opset": OPSET, "streamed": stream, "attention": ATTENTION_NAMES[attention]}
         if precision != "fp16":
             with progress.step("fusing the graph offline (onnxruntime, extended level)"):
                 backend["graph"] = optimize_offline(out / MODEL_FILE)
@@ -90,15 +97,27 @@ def export_onnx(
                   reference_dtype=reference_dtype, max_pairs=max_pairs, progress=progress)
 
 
+ATTENTION_NAMES = {"gqa": "GroupQueryAttention (com.microsoft)", "ops": "standard ONNX ops"}
+
+
+def attention_for(precision: str, attention: str | None) -> str:
+    """The graph's attention for `precision`: gqa on the CPU precisions, ops for the fp16 GPU body."""
+    if attention is None:
+        return "ops" if precision == "fp16" else "gqa"
+    if attention not in ATTENTIONS:
+        raise QrrError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTIONS)}")
+    return attention
+
+
 def _export_whole(src, out: Path, precision: str, preset: Preset | None, calibration, max_length: int,
-                  progress: Progress) -> tuple[dict[str, Any] | None, list[str]]:
+                  attention: str, progress: Progress) -> tuple[dict[str, Any] | None, list[str]]:
     """The whole model in memory: load, fold, trace, quantize the traced graph."""
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
         traced = Path(tmp) / MODEL_FILE
         model, smoothing = load_folded(src, preset, calibration, max_length, progress)
         body = "fp16" if precision == "fp16" else "fp32"
         with progress.step(f"tracing the scoring graph to ONNX ({body} body)"):
-            trace(model, src.yes_id, src.no_id, traced, fp16=precision == "fp16")
+            trace(model, src.yes_id, src.no_id, traced, fp16=precision == "fp16", attention=attention)
         del model
         gc.collect()
         if preset is None:
@@ -120,14 +139,14 @@ def _export_whole(src, out: Path, precision: str, preset: Preset | None, calibra
 
 
 def _export_streamed(src, out: Path, precision: str, preset: Preset | None, calibration, max_length: int,
-                     progress: Progress) -> dict[str, Any] | None:
+                     attention: str, progress: Progress) -> dict[str, Any] | None:
     """One layer at a time from the safetensors files (qrr.export.streamed_export)."""
     from .streamed_export import StreamError, export_streamed
 
     if precision == "fp16":
         raise StreamError("the fp16 export is not streamed; export fp32, int8 or int4, or pass --no-stream")
     scheme, smoothing = export_streamed(src, out / MODEL_FILE, preset=preset, calibration=calibration,
-                                        max_length=max_length, progress=progress)
+                                        max_length=max_length, progress=progress, attention=attention)
     if scheme is None:
         return None
     scheme.update(method=preset.method, smoothing=smoothing, streamed=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,12 @@ class Reranker(CrossEncoderCalls):
                            cache)
         self.session = open_session(self.path / m["model_file"], m["format"], spec)
         self.device_kind = self.session.device
+        if self.device_kind != "cpu" and str(m.get("attention", "")).startswith("GroupQueryAttention"):
+            warnings.warn(
+                f"{self.path} computes attention with onnxruntime's GroupQueryAttention in {m['precision']}, which "
+                f"the {self.device_kind} provider does not run in that precision: those nodes run on the CPU. "
+                "For a GPU export --quant fp16, or pass --attention ops to qrr-export",
+                RuntimeWarning, stacklevel=2)
         inputs = {i.name: i for i in self.session.inputs}
         expected = list(m["inputs"])
         if sorted(inputs) != sorted(expected):

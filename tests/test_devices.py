@@ -82,7 +82,9 @@ def test_cuda_session_is_asked_for_the_device(fp32_artifact, monkeypatch):
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: CUDA)
     monkeypatch.setattr(ort, "InferenceSession", fake)
-    rr = Reranker(fp32_artifact, device="cuda:1")
+    # the fp32 artifact attends with the CPU kernel of GroupQueryAttention: the user is told, not silently slowed
+    with pytest.warns(RuntimeWarning, match="GroupQueryAttention in fp32, which the cuda provider does not run"):
+        rr = Reranker(fp32_artifact, device="cuda:1")
     assert seen["providers"] == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
     assert rr.session.io_device == ("cuda", 1) and rr.session.device == rr.device_kind == "cuda"
 

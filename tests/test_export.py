@@ -49,6 +49,52 @@ def test_graph_outputs_one_logit_per_sequence(fp32_artifact):
     assert shapes["present"] == [2, 2, 2, "present_sequence", 16]
 
 
+def test_gqa_attention_equals_the_standard_ops(standin, tmp_path):
+    """The CPU graph's GroupQueryAttention node computes what the standard ops compute (OpenVINO's and fp16's
+    graph): scores and present keys/values, with and without a shared past, ragged batches included."""
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from qrr.export.graph import trace
+
+    model = AutoModelForCausalLM.from_pretrained(standin, dtype=torch.float32).eval()
+    sessions = {}
+    for attention in ("ops", "gqa"):
+        trace(model, 5, 6, tmp_path / f"{attention}.onnx", attention=attention)
+        ops = {n.op_type for n in onnx.load(str(tmp_path / f"{attention}.onnx")).graph.node}
+        assert ("GroupQueryAttention" in ops) == (attention == "gqa")
+        sessions[attention] = ort.InferenceSession(str(tmp_path / f"{attention}.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    cfg = model.config
+    for batch, length, past in [(1, 1, 0), (1, 9, 0), (3, 17, 0), (3, 17, 5), (2, 40, 31)]:
+        mask = np.ones((batch, length), np.int64)
+        for b in range(1, batch):
+            mask[b, length - 3 * b:] = 0  # right padding
+        feeds = {
+            "input_ids": rng.integers(0, cfg.vocab_size, (batch, length)),
+            "attention_mask": mask,
+            "past_key_values": rng.normal(0, 1, (cfg.num_hidden_layers, 2, cfg.num_key_value_heads, past,
+                                                 cfg.head_dim)).astype(np.float32),
+            "present_length": np.array(min(length, 4), np.int64),
+        }
+        ops, gqa = (sessions[a].run(None, feeds) for a in ("ops", "gqa"))
+        assert gqa[1].shape == ops[1].shape
+        np.testing.assert_allclose(gqa[0], ops[0], atol=1e-5)
+        np.testing.assert_allclose(gqa[1], ops[1], atol=1e-5)
+
+
+def test_the_cpu_graph_attends_in_one_kernel(fp32_artifact, int8_artifact):
+    for artifact in (fp32_artifact, int8_artifact):
+        m = load_manifest(artifact)
+        assert m["attention"] == "GroupQueryAttention (com.microsoft)"
+        ops = [n.op_type for n in onnx.load(str(artifact / "model.onnx"), load_external_data=False).graph.node]
+        assert ops.count("GroupQueryAttention") == 2  # one per layer of the tiny stand-in
+        assert "Softmax" not in ops
+    with pytest.raises(QrrError, match="unknown attention 'flash'; choose one of gqa, ops"):
+        export_onnx(str(fp32_artifact), fp32_artifact.parent / "never", attention="flash", progress=QUIET)
+
+
 def test_int8_graph_keeps_the_head_in_fp32(int8_artifact):
     m = load_manifest(int8_artifact)
     assert m["precision"] == "int8"
