@@ -93,8 +93,8 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
                         "independent of the batch), matmulnbits = MatMulNBits blocks (default: "
                         f"{PRESETS['int8'].kernel})")
     p.add_argument("--attention", choices=ATTENTIONS, default=None,
-                   help="ONNX only: gqa = onnxruntime's GroupQueryAttention kernel (CPU), ops = standard ONNX ops "
-                        "(for int4 on a GPU) (default: gqa, ops for fp16)")
+                   help="ONNX only: ops = standard ONNX ops, gqa = onnxruntime's GroupQueryAttention (CPU only; "
+                        "faster on long documents, slower on many short ones) (default: ops)")
     p.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=None,
                    help="int8/int4 only: rotate the residual stream before quantizing, function-preserving "
                         "(default: per precision, README)")

@@ -57,9 +57,9 @@ def export_onnx(
     qrr.export.presets.PRESETS, which `method`, `block_size` and `accuracy_level` override, and `calibration`
     (JSON Lines pairs, default: the built-in set) feeds the activation-aware methods; `kernel` and `rotate`
     override the int8 kernel and the rotation. `preset` replaces the precision's preset whole (sweeps).
-    `attention` is how the graph computes attention (graph.ATTENTIONS): "gqa", onnxruntime's
-    GroupQueryAttention (the CPU default: one kernel, only the causal part of each row's softmax), or "ops",
-    standard ONNX ops (the fp16 default: onnxruntime's CUDA kernel of that op takes fp16 only).
+    `attention` is how the graph computes attention (graph.ATTENTIONS): "ops", standard ONNX ops (the
+    default), or "gqa", onnxruntime's GroupQueryAttention (CPU only in fp32: faster on long documents, slower
+    on many short rows over a long shared past; README, "Measured").
     `stream` builds the graph one layer at a time from the safetensors files (qrr.export.streamed_export: memory of
     about one layer, for 4B/8B checkpoints); None streams when the whole-model path would not fit in memory.
 
@@ -101,9 +101,9 @@ ATTENTION_NAMES = {"gqa": "GroupQueryAttention (com.microsoft)", "ops": "standar
 
 
 def attention_for(precision: str, attention: str | None) -> str:
-    """The graph's attention for `precision`: gqa on the CPU precisions, ops for the fp16 GPU body."""
+    """The graph's attention: standard ops unless `attention` asks for gqa (README, "Export")."""
     if attention is None:
-        return "ops" if precision == "fp16" else "gqa"
+        return "ops"
     if attention not in ATTENTIONS:
         raise QrrError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTIONS)}")
     return attention

@@ -65,13 +65,13 @@ def outlier_standin(tmp_path_factory) -> Path:
     return make_standin(tmp_path_factory.mktemp("trained") / "ckpt", seed=1, outliers=100.0, train_steps=60)
 
 
-def _export(tmp_path_factory, standin: Path, quant: str) -> Path:
+def _export(tmp_path_factory, standin: Path, quant: str, **options) -> Path:
     """The stand-in exported to ONNX at `quant`, without validation."""
     from qrr.export import export_onnx
     from qrr.export.progress import Progress
 
     out = tmp_path_factory.mktemp(f"artifact-{quant}") / "artifact"
-    export_onnx(str(standin), out, quant=quant, validate=False, progress=Progress(enabled=False))
+    export_onnx(str(standin), out, quant=quant, validate=False, progress=Progress(enabled=False), **options)
     return out
 
 
@@ -83,6 +83,12 @@ def fp32_artifact(tmp_path_factory, standin) -> Path:
 @pytest.fixture(scope="session")
 def int8_artifact(tmp_path_factory, standin) -> Path:
     return _export(tmp_path_factory, standin, "int8")
+
+
+@pytest.fixture(scope="session")
+def gqa_artifact(tmp_path_factory, standin) -> Path:
+    """int8 with onnxruntime's GroupQueryAttention (export --attention gqa)."""
+    return _export(tmp_path_factory, standin, "int8", attention="gqa")
 
 
 @pytest.fixture

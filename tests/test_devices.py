@@ -71,7 +71,7 @@ class FakeSession:
         return [I("input_ids"), I("attention_mask"), past, I("present_length", ())]
 
 
-def test_cuda_session_is_asked_for_the_device(fp32_artifact, monkeypatch):
+def test_cuda_session_is_asked_for_the_device(fp32_artifact, gqa_artifact, monkeypatch):
     import onnxruntime as ort
 
     seen = {}
@@ -82,11 +82,14 @@ def test_cuda_session_is_asked_for_the_device(fp32_artifact, monkeypatch):
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: CUDA)
     monkeypatch.setattr(ort, "InferenceSession", fake)
-    # the fp32 artifact attends with the CPU kernel of GroupQueryAttention: the user is told, not silently slowed
-    with pytest.warns(RuntimeWarning, match="GroupQueryAttention in fp32, which the cuda provider does not run"):
-        rr = Reranker(fp32_artifact, device="cuda:1")
+    rr = Reranker(fp32_artifact, device="cuda:1")
     assert seen["providers"] == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
     assert rr.session.io_device == ("cuda", 1) and rr.session.device == rr.device_kind == "cuda"
+
+
+    # an artifact that attends with GroupQueryAttention in fp32 runs those nodes on the CPU: the user is told
+    with pytest.warns(RuntimeWarning, match="GroupQueryAttention in int8, which the cuda provider does not run"):
+        Reranker(gqa_artifact, device="cuda:1")
 
 
 def test_no_silent_fallback_to_cpu(fp32_artifact, monkeypatch):

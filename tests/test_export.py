@@ -84,13 +84,23 @@ def test_gqa_attention_equals_the_standard_ops(standin, tmp_path):
         np.testing.assert_allclose(gqa[1], ops[1], atol=1e-5)
 
 
-def test_the_cpu_graph_attends_in_one_kernel(fp32_artifact, int8_artifact):
-    for artifact in (fp32_artifact, int8_artifact):
-        m = load_manifest(artifact)
-        assert m["attention"] == "GroupQueryAttention (com.microsoft)"
-        ops = [n.op_type for n in onnx.load(str(artifact / "model.onnx"), load_external_data=False).graph.node]
-        assert ops.count("GroupQueryAttention") == 2  # one per layer of the tiny stand-in
-        assert "Softmax" not in ops
+def test_attention_is_the_standard_ops_unless_gqa_is_asked_for(fp32_artifact, gqa_artifact, reference):
+    m = load_manifest(fp32_artifact)
+    assert m["attention"] == "standard ONNX ops"
+    ops = [n.op_type for n in onnx.load(str(fp32_artifact / "model.onnx"), load_external_data=False).graph.node]
+    assert "GroupQueryAttention" not in ops and "Softmax" in ops
+    m = load_manifest(gqa_artifact)
+    assert m["attention"] == "GroupQueryAttention (com.microsoft)"
+    ops = [n.op_type for n in onnx.load(str(gqa_artifact / "model.onnx"), load_external_data=False).graph.node]
+    assert ops.count("GroupQueryAttention") == 2 and "Softmax" not in ops  # one per layer of the tiny stand-in
+    from conftest import DOCS, QUERY
+
+    from qrr.runtime import Reranker
+
+    # identical documents too: they share a past up to their last token, one new token per row
+    pairs = [(QUERY, d) for d in DOCS] + [(QUERY, DOCS[0])] * 4
+    got = Reranker(gqa_artifact).score_pairs(pairs)
+    assert np.abs(np.asarray(got) - np.asarray(reference.score_pairs(pairs))).max() < 0.03  # the int8 gate
     with pytest.raises(QrrError, match="unknown attention 'flash'; choose one of gqa, ops"):
         export_onnx(str(fp32_artifact), fp32_artifact.parent / "never", attention="flash", progress=QUIET)
 
