@@ -196,14 +196,12 @@ class GroupQueryAttention(torch.autograd.Function):
         def split(t, n):
             return t.view(batch, length, n, hd).transpose(1, 2)  # [B, n, L, hd]
 
-        def rotate(t):
-            cos = torch.cat([cos_cache, cos_cache], dim=-1)[past:past + length]
-            sin = torch.cat([sin_cache, sin_cache], dim=-1)[past:past + length]
-            half = hd // 2
-            rotated = torch.cat([-t[..., half:], t[..., :half]], dim=-1)
-            return t * cos + rotated * sin
+        from transformers.models.qwen3.modeling_qwen3 import apply_rotary_pos_emb
 
-        qh, kh, vh = rotate(split(q, heads)), rotate(split(k, kv_heads)), split(v, kv_heads)
+        cos = torch.cat([cos_cache, cos_cache], dim=-1)[None, past:past + length]  # [1, L, hd], as rotary_emb gives
+        sin = torch.cat([sin_cache, sin_cache], dim=-1)[None, past:past + length]
+        qh, kh = apply_rotary_pos_emb(split(q, heads), split(k, kv_heads), cos, sin)
+        vh = split(v, kv_heads)
         keys, values = torch.cat([past_k, kh], dim=2), torch.cat([past_v, vh], dim=2)
         group = heads // kv_heads
         scores = torch.matmul(qh, keys.repeat_interleave(group, dim=1).transpose(2, 3)).float() * scale

@@ -25,7 +25,8 @@ FP16_SCHEME = {
 }
 # onnxruntime's fusions that the saved graph may hold on Qwen3, by fused op (README, "The artifact")
 FUSED_OPS = ("GroupQueryAttention", "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization",
-             "RotaryEmbedding", "FusedMatMul", "MatMulNBits", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "GatherBlockQuantized")
+             "RotaryEmbedding", "FusedMatMul", "MatMulNBits", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+             "GatherBlockQuantized")
 
 
 def export_onnx(
@@ -73,7 +74,7 @@ def export_onnx(
         preset = preset_for(precision, method=method, block_size=block_size, accuracy_level=accuracy_level,
                             kernel=kernel, rotate=rotate, calibration=calibration)
     out = check_options(out_dir, max_length, reference_dtype, max_pairs)
-    attention = attention_for(precision, attention)
+    attention = attention_for(attention)
     src = open_source(source, revision, progress)
     if stream is None:
         from .streamed_export import should_stream
@@ -100,7 +101,7 @@ def export_onnx(
 ATTENTION_NAMES = {"gqa": "GroupQueryAttention (com.microsoft)", "ops": "standard ONNX ops"}
 
 
-def attention_for(precision: str, attention: str | None) -> str:
+def attention_for(attention: str | None) -> str:
     """The graph's attention: standard ops unless `attention` asks for gqa (README, "Export")."""
     if attention is None:
         return "ops"

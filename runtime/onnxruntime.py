@@ -93,7 +93,7 @@ class OnnxRuntimeSession:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = level
         # onnxruntime plans one block per distinct input shape and keeps each: off, workload B's peak fell from
-        # 1953 to 1562 MiB at the same speed (README, "Load time and memory")
+        # 1710 to 1502 MiB at the same speed (README, "Load time and memory")
         so.enable_mem_pattern = False
         so.log_severity_level = 3
         return so
