@@ -107,6 +107,10 @@ def attention_for(attention: str | None) -> str:
         return "ops"
     if attention not in ATTENTIONS:
         raise QrrError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTIONS)}")
+    if attention == "gqa":
+        from qrr.runtime.onnxruntime import check_gqa_support
+
+        check_gqa_support("--attention gqa")  # before the work: the offline fusing would fail at the end
     return attention
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,11 @@ def versions(names: tuple[str, ...] = (*REFERENCE_PACKAGES, "openvino", "nncf"))
 
     out = {"python": platform.python_version()}
     for name in names:
+        # a loaded module's own version first: onnxruntime-gpu installs the module onnxruntime, and a copy put
+        # ahead on the path can leave another distribution's metadata behind
+        loaded = getattr(sys.modules.get(name), "__version__", None)
         try:
-            out[name] = version(name)
+            out[name] = str(loaded) if loaded else version(name)
         except PackageNotFoundError:
             pass
     return out

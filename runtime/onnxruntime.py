@@ -25,6 +25,26 @@ PROVIDERS = {
     "dml": ("DmlExecutionProvider", "pip uninstall -y onnxruntime && pip install onnxruntime-directml"),
 }
 AUTO_ORDER = ("cuda", "dml", "cpu")
+# GroupQueryAttention's query_seqlens input (the 17th), which lets a batch continue a shared past, is in
+# onnxruntime's schema from 1.32; 1.31 refuses the graph (and onnxruntime-gpu's newest is 1.31.1)
+GQA_MIN_VERSION = (1, 32)
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """'1.31.1' → (1, 31, 1); a suffix such as '.dev20261101' or '+cu13' is ignored."""
+    return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0])[:3])
+
+
+def check_gqa_support(what: str, version: str | None = None) -> None:
+    """Refuse, with what to do, a GroupQueryAttention graph on an onnxruntime whose schema lacks query_seqlens."""
+    version = version or ort.__version__
+    if version_tuple(version) < GQA_MIN_VERSION:
+        need = ".".join(map(str, GQA_MIN_VERSION))
+        raise DeviceError(
+            f"{what} computes attention with onnxruntime's GroupQueryAttention and its query_seqlens input, which "
+            f"onnxruntime {need} or newer runs; this is onnxruntime {version}. Upgrade it "
+            f"(pip install 'onnxruntime>={need}'), or export with --attention ops, which every version runs"
+        )
 
 
 def parse_device(device: str, available: Sequence[str]) -> tuple[str, int]:

@@ -90,12 +90,17 @@ class Reranker(CrossEncoderCalls):
         self.threads = threads or physical_cores()
         # a format's own manifest fields are under its name, e.g. "openvino": {"properties": {...}}
         properties = (m.get(m["format"]) or {}).get("properties")
+        gqa = m["format"] == "onnx" and str(m.get("attention", "")).startswith("GroupQueryAttention")
+        if gqa:
+            from .onnxruntime import check_gqa_support
+
+            check_gqa_support(str(self.path))  # before the load, whose own error would blame the artifact
         cache = LoadCache.of(self.path, list(m["files"])) if load_cache else None
         spec = SessionSpec(device, self.threads, tuple(m["outputs"]), properties, performance_hint, bool(copy_weights),
                            cache)
         self.session = open_session(self.path / m["model_file"], m["format"], spec)
         self.device_kind = self.session.device
-        if self.device_kind != "cpu" and str(m.get("attention", "")).startswith("GroupQueryAttention"):
+        if gqa and self.device_kind != "cpu":
             warnings.warn(
                 f"{self.path} computes attention with onnxruntime's GroupQueryAttention in {m['precision']}, which "
                 f"the {self.device_kind} provider does not run in that precision: those nodes run on the CPU. "

@@ -71,7 +71,7 @@ class FakeSession:
         return [I("input_ids"), I("attention_mask"), past, I("present_length", ())]
 
 
-def test_cuda_session_is_asked_for_the_device(fp32_artifact, gqa_artifact, monkeypatch):
+def test_cuda_session_is_asked_for_the_device(fp32_artifact, monkeypatch):
     import onnxruntime as ort
 
     seen = {}
@@ -87,7 +87,12 @@ def test_cuda_session_is_asked_for_the_device(fp32_artifact, gqa_artifact, monke
     assert rr.session.io_device == ("cuda", 1) and rr.session.device == rr.device_kind == "cuda"
 
 
-    # an artifact that attends with GroupQueryAttention in fp32 runs those nodes on the CPU: the user is told
+def test_gqa_on_a_gpu_warns_that_it_runs_on_the_cpu(gqa_artifact, monkeypatch):
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: CUDA)
+    monkeypatch.setattr(ort, "InferenceSession", lambda p, sess_options=None, providers=None: FakeSession(p, None, providers))
+    # an artifact that attends with GroupQueryAttention in int8 runs those nodes on the CPU: the user is told
     with pytest.warns(RuntimeWarning, match="GroupQueryAttention in int8, which the cuda provider does not run"):
         Reranker(gqa_artifact, device="cuda:1")
 

@@ -179,3 +179,21 @@ def test_files_changed_under_a_loaded_reranker(artifact_copy):
     for path in artifact_copy.iterdir():
         path.unlink()
     assert rr.score(QUERY, DOCS) == before
+
+
+def test_gqa_artifact_on_an_onnxruntime_that_cannot_run_it(artifact_copy, monkeypatch):
+    """onnxruntime before 1.32 (onnxruntime-gpu's newest is 1.31.1) has no query_seqlens input: its own error
+    would call the artifact invalid; the runtime says which version runs it and what else to do."""
+    import onnxruntime as ort
+
+    manifest = artifact_copy / "qrr.json"
+    m = json.loads(manifest.read_text())
+    m["attention"] = "GroupQueryAttention (com.microsoft)"
+    manifest.write_text(json.dumps(m))
+    monkeypatch.setattr(ort, "__version__", "1.31.1")
+    with pytest.raises(DeviceError) as e:
+        Reranker(artifact_copy)
+    text = one_line(e)
+    assert "onnxruntime 1.32" in text and "1.31.1" in text and "--attention ops" in text
+    monkeypatch.setattr(ort, "__version__", "1.32.0.dev20261101+cu13")
+    assert len(Reranker(artifact_copy).score(QUERY, DOCS)) == len(DOCS)

@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import needs_export
+from conftest import needs_export, needs_gqa
 
 needs_export()
 
@@ -49,6 +49,7 @@ def test_graph_outputs_one_logit_per_sequence(fp32_artifact):
     assert shapes["present"] == [2, 2, 2, "present_sequence", 16]
 
 
+@needs_gqa
 def test_gqa_attention_equals_the_standard_ops(standin, tmp_path):
     """The CPU graph's GroupQueryAttention node computes what the standard ops compute (OpenVINO's and fp16's
     graph): scores and present keys/values, with and without a shared past, ragged batches included."""
@@ -82,6 +83,18 @@ def test_gqa_attention_equals_the_standard_ops(standin, tmp_path):
         assert gqa[1].shape == ops[1].shape
         np.testing.assert_allclose(gqa[0], ops[0], atol=1e-5)
         np.testing.assert_allclose(gqa[1], ops[1], atol=1e-5)
+
+
+def test_gqa_is_refused_before_the_work_where_onnxruntime_cannot_run_it(standin, tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    from qrr.runtime import DeviceError
+
+    monkeypatch.setattr(ort, "__version__", "1.31.1")
+    with pytest.raises(DeviceError, match="onnxruntime 1.32 or newer"):
+        export_onnx(standin, tmp_path / "gqa", quant="int8", attention="gqa", validate=False,
+                    progress=Progress(enabled=False))
+    assert not (tmp_path / "gqa").exists()
 
 
 def test_attention_is_the_standard_ops_unless_gqa_is_asked_for(fp32_artifact, gqa_artifact, reference):
