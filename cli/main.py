@@ -31,7 +31,7 @@ from qrr.export.standin import SHAPES
 from qrr.runtime.bench import WORKLOADS
 from qrr.runtime.errors import QrrError
 from qrr.runtime.prompt import DEFAULT_MAX_LENGTH, MIN_DOCUMENT_TOKENS
-from qrr.runtime.planner import DEFAULT_BATCH_TOKENS
+from qrr.runtime.planner import DEFAULT_BATCH_TOKENS, GPU_BATCH_TOKENS
 
 # qrr is installed from a clone (it is not on PyPI): extras are installed from the clone's folder
 EXPORT_EXTRA = ("this command needs the export extra (torch, transformers, onnx): in the qrr clone run "
@@ -361,10 +361,10 @@ def _compare(args: argparse.Namespace) -> int:
     artifacts = [args.artifact, *args.compare]
     for artifact in artifacts:
         load_manifest(artifact)  # a missing or damaged artifact stops here, with its one-line error
-    flags = ["--repeat", str(args.repeat), "--warmup", str(args.warmup), "--device", args.device,
-             "--batch-tokens", str(args.batch_tokens), "--json"]
+    flags = ["--repeat", str(args.repeat), "--warmup", str(args.warmup), "--device", args.device, "--json"]
     flags += ["--data", str(args.data)] if args.data is not None else ["--workloads", *args.workloads]
-    flags += [f"--{k.replace('_', '-')}={v}" for k, v in (("threads", args.threads), ("max_length", args.max_length)) if v]
+    flags += [f"--{k.replace('_', '-')}={v}" for k, v in (("threads", args.threads), ("max_length", args.max_length),
+                                                          ("batch_tokens", args.batch_tokens)) if v]
     flags += ["--no-prefix-reuse"] if args.no_prefix_reuse else []
     flags += ["--no-load-cache"] if args.no_load_cache else []
     results = []
@@ -553,8 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, default=None)
     p.add_argument("--max-length", type=_positive_int, default=None)
     p.add_argument("--no-prefix-reuse", action="store_true", help="score every pair whole (to see what reuse saves)")
-    p.add_argument("--batch-tokens", type=_positive_int, default=DEFAULT_BATCH_TOKENS,
-                   help=f"padded tokens per batch: memory against speed (default {DEFAULT_BATCH_TOKENS})")
+    p.add_argument("--batch-tokens", type=_positive_int, default=None,
+                   help=f"padded tokens per batch: memory against speed (default {DEFAULT_BATCH_TOKENS} on a CPU, "
+                        f"{GPU_BATCH_TOKENS} on a GPU)")
     p.add_argument("--no-load-cache", action="store_true",
                    help="load without the load cache (README, Load time and memory), to see what it saves")
     p.add_argument("--compare", nargs="+", type=Path, default=None, metavar="ARTIFACT",

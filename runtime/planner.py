@@ -5,8 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 # Padded tokens per batch. On a CPU a few hundred rows already keep the GEMMs efficient; larger batches only
-# cost memory, and are no faster.
+# cost memory, and are no faster. A GPU wants them large: workload A (32 documents × ~215 tokens, 0.6B fp16,
+# H100) ran 85 pairs/s in 17 runs at 512 and 341 pairs/s in 2 runs at 16384 (benchmarks/gpu_profile.py).
 DEFAULT_BATCH_TOKENS = 512
+GPU_BATCH_TOKENS = 16384
+
+
+def default_batch_tokens(device_kind: str) -> int:
+    """The batch size in padded tokens for a device kind ('cpu', 'cuda', 'dml', OpenVINO's 'gpu' …)."""
+    kind = device_kind.lower().split(".")[0].split(":")[0]
+    return GPU_BATCH_TOKENS if kind in ("cuda", "dml", "gpu") else DEFAULT_BATCH_TOKENS
 MAX_BATCH = 64
 # Attention scores per batch, rows × new tokens × (past + new tokens), times the heads and 4 bytes: the one
 # activation that grows quadratically in length. 4M cells are 256 MiB of fp32 scores with 16 heads.

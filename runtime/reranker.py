@@ -13,7 +13,7 @@ import numpy as np
 from .cache import LoadCache
 from .errors import ArtifactError, InputError
 from .manifest import load_manifest
-from .planner import CHUNK_TOKENS, DEFAULT_BATCH_TOKENS, plan_batches, plan_prefixes
+from .planner import CHUNK_TOKENS, default_batch_tokens, plan_batches, plan_prefixes
 from .prompt import PromptTokenizer, Truncation, check_documents, check_text
 from .scorer import CrossEncoderCalls, RerankResult, check_top_k, ranked
 from .session import HINTS, SessionSpec, open_session
@@ -55,7 +55,7 @@ class Reranker(CrossEncoderCalls):
         threads: int | None = None,
         *,
         max_length: int | None = None,
-        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        batch_tokens: int | None = None,
         prefix_reuse: bool = True,
         performance_hint: str = "latency",
         copy_weights: bool = False,
@@ -70,8 +70,10 @@ class Reranker(CrossEncoderCalls):
             raise InputError(f"max_length must be a positive integer, got {max_length!r}")
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise InputError(f"threads must be a positive integer or None, got {threads!r}")
-        if not isinstance(batch_tokens, int) or batch_tokens < 1:
-            raise InputError(f"batch_tokens must be a positive integer, got {batch_tokens!r}")
+        if batch_tokens is not None and (not isinstance(batch_tokens, int) or isinstance(batch_tokens, bool)
+                                         or batch_tokens < 1):
+            raise InputError(f"batch_tokens must be a positive integer or None (the device's default), "
+                             f"got {batch_tokens!r}")
         if performance_hint not in HINTS:  # checked for every format, so a typo never waits for an OpenVINO artifact
             raise InputError(f"performance_hint must be 'latency' or 'throughput', got {performance_hint!r}")
         prompt = m["prompt"]
@@ -84,7 +86,6 @@ class Reranker(CrossEncoderCalls):
             max_length=max_length,
         )
         self.max_length = max_length
-        self.batch_tokens = batch_tokens
         self.pad_token_id = int(m["pad_token_id"])
         self.device = device
         self.threads = threads or physical_cores()
@@ -100,6 +101,7 @@ class Reranker(CrossEncoderCalls):
                            cache)
         self.session = open_session(self.path / m["model_file"], m["format"], spec)
         self.device_kind = self.session.device
+        self.batch_tokens = batch_tokens or default_batch_tokens(self.device_kind)
         if gqa and self.device_kind != "cpu":
             warnings.warn(
                 f"{self.path} computes attention with onnxruntime's GroupQueryAttention in {m['precision']}, which "

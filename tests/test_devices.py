@@ -13,6 +13,7 @@ from conftest import DOCS, QUERY
 
 from qrr.runtime import DeviceError, InputError, Reranker
 from qrr.runtime.onnxruntime import parse_device
+from qrr.runtime.planner import DEFAULT_BATCH_TOKENS, GPU_BATCH_TOKENS, default_batch_tokens
 
 CPU = ["CPUExecutionProvider"]
 CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -85,6 +86,11 @@ def test_cuda_session_is_asked_for_the_device(fp32_artifact, monkeypatch):
     rr = Reranker(fp32_artifact, device="cuda:1")
     assert seen["providers"] == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
     assert rr.session.io_device == ("cuda", 1) and rr.session.device == rr.device_kind == "cuda"
+    # a GPU batches many documents per run (4x on workload A, H100); the CPU keeps small batches; asked is kept
+    assert rr.batch_tokens == GPU_BATCH_TOKENS > DEFAULT_BATCH_TOKENS
+    assert Reranker(fp32_artifact, device="cuda:1", batch_tokens=700).batch_tokens == 700
+    assert Reranker(fp32_artifact).batch_tokens == DEFAULT_BATCH_TOKENS
+    assert [default_batch_tokens(k) for k in ("CPU", "GPU.1", "NPU", "dml", "AUTO")] == [512, 16384, 512, 16384, 512]
 
 
 def test_gqa_on_a_gpu_warns_that_it_runs_on_the_cpu(gqa_artifact, monkeypatch):
