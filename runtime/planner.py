@@ -70,7 +70,7 @@ def plan_prefixes(
 
     Every prefix is a common prefix of its members' exact token ids and leaves each member at least one
     token of its own (the score is read at the last token). Groups of one share only the root; they are
-    gathered into one group so that they batch together.
+    gathered into one group so that they batch together. A single sequence shares nothing: it runs whole.
     """
 
     def shared(members: list[int]) -> int:
@@ -83,6 +83,8 @@ def plan_prefixes(
     everyone = list(range(len(sequences)))
     if not everyone:
         return 0, []
+    if len(everyone) == 1:  # nothing to share: a prefix run would only add a pass over the weights
+        return 0, [(0, everyone)]
     root = shared(everyone)
     keyed: dict[object, list[int]] = {}
     for i in everyone:

@@ -57,7 +57,7 @@ def test_plan_splits_at_the_exact_token_prefix(reuse):
 def test_plan_without_groups_shares_the_common_prefix_only():
     seqs = [[1, 2, 3, 4, 5], [1, 2, 3, 9], [1, 2, 7]]
     assert plan_prefixes(seqs) == (2, [(2, [0, 1, 2])])
-    assert plan_prefixes([[1, 2, 3]]) == (2, [(2, [0])])  # one sequence: its last token stays its own
+    assert plan_prefixes([[1, 2, 3]]) == (0, [(0, [0])])  # one sequence shares nothing: it runs whole
     assert plan_prefixes([[4, 5], [4, 5]]) == (1, [(1, [0, 1])])  # identical rows still keep a token each
     assert plan_prefixes([]) == (0, [])
 
