@@ -19,8 +19,9 @@ MAX_BATCH = 64
 # Attention scores per batch, rows × new tokens × (past + new tokens), times the heads and 4 bytes: the one
 # activation that grows quadratically in length. 4M cells are 256 MiB of fp32 scores with 16 heads.
 MAX_ATTENTION_CELLS = 4 * 2**20
-# A row longer than this runs alone, in chunks of this many tokens, each against the keys and values of
-# the chunks before it: memory grows linearly in length and the scores are those of the whole row.
+# A long row runs alone, in chunks of this many tokens, each against the keys and values of the chunks
+# before it: memory grows linearly in length and the scores are those of the whole row. Rows up to about
+# twice this run whole (Reranker._chunked).
 CHUNK_TOKENS = 1024
 
 

@@ -96,7 +96,7 @@ def test_long_rows_run_in_chunks_with_the_same_scores(fp32_artifact, whole, reus
 
 
 def test_chunking_bounds_the_attention_memory(fp32_artifact, monkeypatch):
-    """No run ever sees more new tokens than a chunk, whatever the row's length."""
+    """A long row never runs more new tokens than a chunk at a time, whatever its length."""
     rr = Reranker(fp32_artifact)
     rr.chunk_tokens = 32
     widths = []
@@ -109,6 +109,25 @@ def test_chunking_bounds_the_attention_memory(fp32_artifact, monkeypatch):
     monkeypatch.setattr(rr, "_run", spy)
     rr.score(QUERY, [DOCS[6]])  # ~600 tokens
     assert len(widths) > 10 and max(widths) <= 32
+
+
+def test_a_row_up_to_about_twice_the_chunk_runs_whole(fp32_artifact, whole, monkeypatch):
+    """Chunking pays only when the row's attention outgrows a whole row of twice the chunk: below that, the
+    keys and values a chunk must hand on cost more memory than the attention saved (workload B)."""
+    rr = Reranker(fp32_artifact)
+    (ids,) = rr.tokenizer.encode([(QUERY, DOCS[0])])
+    rr.chunk_tokens = len(ids) // 2 + 1  # the pair is longer than a chunk, shorter than two
+    widths = []
+    original = rr._run
+
+    def spy(rows, past, keep=0):
+        widths.append(max(map(len, rows)))
+        return original(rows, past, keep)
+
+    monkeypatch.setattr(rr, "_run", spy)
+    np.testing.assert_allclose(rr.score(QUERY, [DOCS[0]]), whole.score(QUERY, [DOCS[0]]), atol=EXACT)
+    assert widths == [len(ids)]  # one run, the whole pair (a single pair shares no prefix)
+    assert rr._chunked(len(ids), 0) is False and rr._chunked(2 * rr.chunk_tokens + 1, 0) is True
 
 
 def test_plan_batches_bounds_attention_cells():
