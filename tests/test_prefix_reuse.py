@@ -99,7 +99,14 @@ def test_chunking_bounds_the_attention_memory(fp32_artifact, monkeypatch):
     """A long row never runs more new tokens than a chunk at a time, whatever its length."""
     rr = Reranker(fp32_artifact)
     rr.chunk_tokens = 32
-    widths = []
+    widths = run_widths(rr, monkeypatch)
+    rr.score(QUERY, [DOCS[6]])  # ~600 tokens
+    assert len(widths) > 10 and max(widths) <= 32
+
+
+def run_widths(rr, monkeypatch) -> list[int]:
+    """The widest row of every session run `rr` makes from now on, appended as they happen."""
+    widths: list[int] = []
     original = rr._run
 
     def spy(rows, past, keep=0):
@@ -107,8 +114,7 @@ def test_chunking_bounds_the_attention_memory(fp32_artifact, monkeypatch):
         return original(rows, past, keep)
 
     monkeypatch.setattr(rr, "_run", spy)
-    rr.score(QUERY, [DOCS[6]])  # ~600 tokens
-    assert len(widths) > 10 and max(widths) <= 32
+    return widths
 
 
 def test_a_row_up_to_about_twice_the_chunk_runs_whole(fp32_artifact, whole, monkeypatch):
@@ -117,14 +123,7 @@ def test_a_row_up_to_about_twice_the_chunk_runs_whole(fp32_artifact, whole, monk
     rr = Reranker(fp32_artifact)
     (ids,) = rr.tokenizer.encode([(QUERY, DOCS[0])])
     rr.chunk_tokens = len(ids) // 2 + 1  # the pair is longer than a chunk, shorter than two
-    widths = []
-    original = rr._run
-
-    def spy(rows, past, keep=0):
-        widths.append(max(map(len, rows)))
-        return original(rows, past, keep)
-
-    monkeypatch.setattr(rr, "_run", spy)
+    widths = run_widths(rr, monkeypatch)
     np.testing.assert_allclose(rr.score(QUERY, [DOCS[0]]), whole.score(QUERY, [DOCS[0]]), atol=EXACT)
     assert widths == [len(ids)]  # one run, the whole pair (a single pair shares no prefix)
     assert rr._chunked(len(ids), 0) is False and rr._chunked(2 * rr.chunk_tokens + 1, 0) is True
