@@ -2,6 +2,10 @@
 # The prepared GPU check: parity tests on the GPU and workload A (1 query × 32 documents × ~200 tokens) on a
 # 0.6B-shaped stand-in, fp32 and fp16, GPU against CPU. Installs nothing from the network; results in $OUT.
 #   OUT=out/gpu bash benchmarks/gpu_check.sh        (needs torch, transformers, onnx and onnxruntime-gpu)
+# Run once on a lent H100 (2026-11-27): onnxruntime-gpu 1.31.1's wheel (244 MiB, CUDA 13) was carried in four
+# parts, joined there and installed with `pip install --no-deps --target /tmp/site` ahead of the image's CPU
+# onnxruntime (PYTHONPATH); it found the image's pip-installed CUDA and cuDNN libraries without preload_dlls.
+# Results: README "Devices"; benchmarks/gpu_profile.py measured the batch size there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-out/gpu}"
