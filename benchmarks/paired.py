@@ -5,7 +5,8 @@
 Each round takes the next `--pairs` pairs of the workload and has every artifact score them, in a shuffled
 order; the report gives each artifact's median time per round and the median over rounds of (first
 artifact's time / this artifact's time), so that a slow spell of the machine hits both sides of a ratio.
-`ART:nocache` loads an artifact without the load cache.
+`ART:nocache` loads an artifact without the load cache; `ART:bt=N` scores with batch_tokens N (the same
+artifact may appear with several settings).
 """
 
 from __future__ import annotations
@@ -30,9 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     from qrr.runtime import Reranker
     from qrr.runtime.bench import make_workload
 
-    folders = [a.removesuffix(":nocache") for a in args.artifacts]
-    rerankers = [Reranker(f, threads=args.threads, load_cache=not a.endswith(":nocache"))
-                 for f, a in zip(folders, args.artifacts)]
+    folders, rerankers = [], []
+    for spec in args.artifacts:
+        folder, *options = spec.split(":")
+        unknown = [o for o in options if o != "nocache" and not o.startswith("bt=")]
+        if unknown:
+            parser.error(f"unknown artifact options {unknown} in {spec!r}; use :nocache or :bt=N")
+        batch_tokens = next((int(o[3:]) for o in options if o.startswith("bt=")), None)
+        folders.append(folder)
+        rerankers.append(Reranker(folder, threads=args.threads, load_cache="nocache" not in options,
+                                  batch_tokens=batch_tokens))
     tok = Tokenizer.from_file(f"{folders[0]}/tokenizer.json")
     pairs = make_workload(args.workload, lambda t: len(tok.encode(t, add_special_tokens=False).ids))
     for rr in rerankers:  # warm-up
