@@ -9,12 +9,6 @@ from collections.abc import Sequence
 # H100) ran 85 pairs/s in 17 runs at 512 and 341 pairs/s in 2 runs at 16384 (benchmarks/gpu_profile.py).
 DEFAULT_BATCH_TOKENS = 512
 GPU_BATCH_TOKENS = 16384
-
-
-def default_batch_tokens(device_kind: str) -> int:
-    """The batch size in padded tokens for a device kind ('cpu', 'cuda', 'dml', OpenVINO's 'gpu' …)."""
-    kind = device_kind.lower().split(".")[0].split(":")[0]
-    return GPU_BATCH_TOKENS if kind in ("cuda", "dml", "gpu") else DEFAULT_BATCH_TOKENS
 MAX_BATCH = 64
 # Attention scores per batch, rows × new tokens × (past + new tokens), times the heads and 4 bytes: the one
 # activation that grows quadratically in length. 4M cells are 256 MiB of fp32 scores with 16 heads.
@@ -23,6 +17,12 @@ MAX_ATTENTION_CELLS = 4 * 2**20
 # before it: memory grows linearly in length and the scores are those of the whole row. Rows up to about
 # twice this run whole (Reranker._chunked).
 CHUNK_TOKENS = 1024
+
+
+def default_batch_tokens(device_kind: str) -> int:
+    """The batch size in padded tokens for a device kind ('cpu', 'cuda', 'dml', OpenVINO's 'gpu' …)."""
+    kind = device_kind.lower().split(".")[0].split(":")[0]
+    return GPU_BATCH_TOKENS if kind in ("cuda", "dml", "gpu") else DEFAULT_BATCH_TOKENS
 
 
 def plan_batches(

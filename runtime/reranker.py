@@ -234,7 +234,7 @@ class Reranker(CrossEncoderCalls):
         (4 × chunk² cells: 4M at the default 1024, MAX_ATTENTION_CELLS). A chunk's keys and values must come
         back as the next chunk's past (fp32, 229 KiB a token on the 0.6B shape), which costs more memory than
         the attention it saves until rows reach about twice the chunk: workload B's one ~1125-token document
-        peaked at 1146 MiB whole against 1497 MiB in chunks of 1024, and ran faster."""
+        peaked at 1139–1146 MiB whole against 1497–1501 MiB in chunks of 1024, and ran faster."""
         return tokens > self.chunk_tokens and tokens * (past + tokens) > 4 * self.chunk_tokens**2
 
     def _extend(self, past: np.ndarray, tokens: Sequence[int]) -> np.ndarray:
