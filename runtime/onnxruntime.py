@@ -35,10 +35,15 @@ def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0])[:3])
 
 
+def gqa_supported(version: str | None = None) -> bool:
+    """Whether onnxruntime `version` (default: this one) runs the GroupQueryAttention graph."""
+    return version_tuple(version or ort.__version__) >= GQA_MIN_VERSION
+
+
 def check_gqa_support(what: str, version: str | None = None) -> None:
     """Refuse, with what to do, a GroupQueryAttention graph on an onnxruntime whose schema lacks query_seqlens."""
     version = version or ort.__version__
-    if version_tuple(version) < GQA_MIN_VERSION:
+    if not gqa_supported(version):
         need = ".".join(map(str, GQA_MIN_VERSION))
         raise DeviceError(
             f"{what} computes attention with onnxruntime's GroupQueryAttention and its query_seqlens input, which "

@@ -84,9 +84,8 @@ def plan_prefixes(
     everyone = list(range(len(sequences)))
     if not everyone:
         return 0, []
-    if len(everyone) == 1:  # nothing to share: a prefix run would only add a pass over the weights
-        return 0, [(0, everyone)]
-    root = shared(everyone)
+    # a prefix pays only when two or more sequences share it: alone, its run is one more pass over the weights
+    root = shared(everyone) if len(everyone) > 1 else 0
     keyed: dict[object, list[int]] = {}
     for i in everyone:
         keyed.setdefault(None if group_keys is None else group_keys[i], []).append(i)

@@ -15,6 +15,8 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
+from qrr.runtime.onnxruntime import gqa_supported
+
 try:  # the fuzz tests' budgets: bounded in CI, QRR_FUZZ=long for a long run (README, Development)
     from hypothesis import HealthCheck, settings
 
@@ -85,23 +87,15 @@ def int8_artifact(tmp_path_factory, standin) -> Path:
     return _export(tmp_path_factory, standin, "int8")
 
 
-def gqa_runs() -> bool:
-    """Whether this onnxruntime runs the GroupQueryAttention graph (onnxruntime-gpu's newest, 1.31, does not)."""
-    import onnxruntime as ort
-
-    from qrr.runtime.onnxruntime import GQA_MIN_VERSION, version_tuple
-
-    return version_tuple(ort.__version__) >= GQA_MIN_VERSION
-
-
-needs_gqa = pytest.mark.skipif(not gqa_runs(), reason="GroupQueryAttention with query_seqlens needs onnxruntime 1.32")
+GQA_SKIP = "GroupQueryAttention with query_seqlens needs onnxruntime 1.32 (onnxruntime-gpu's newest is 1.31)"
+needs_gqa = pytest.mark.skipif(not gqa_supported(), reason=GQA_SKIP)
 
 
 @pytest.fixture(scope="session")
 def gqa_artifact(tmp_path_factory, standin) -> Path:
     """int8 with onnxruntime's GroupQueryAttention (export --attention gqa)."""
-    if not gqa_runs():
-        pytest.skip("GroupQueryAttention with query_seqlens needs onnxruntime 1.32")
+    if not gqa_supported():
+        pytest.skip(GQA_SKIP)
     return _export(tmp_path_factory, standin, "int8", attention="gqa")
 
 
