@@ -1,10 +1,12 @@
 """Which onnxruntime int8 GEMM for the int8 artifacts: one linear layer y = x @ W on the CPU, variant by variant.
 
     python benchmarks/kernels.py [--m 256 4096] [--repeat 10] [--out benchmarks/results]
+    python benchmarks/kernels.py --shapes q/k/v --m 430 --repeat 20 --out out/kernels   # what float q/k/v costs
 
 Each variant is a tiny in-memory ONNX graph holding one [K, N] weight, fed x [M, K] float32, run by onnxruntime's
 CPU provider with 2 intra-op threads (inter-op 1, sequential, ORT_ENABLE_ALL), on the Qwen3-0.6B layer shapes
-gate/up 1024x3072, down 3072x1024, q 1024x2048, o 2048x1024. Variants:
+gate/up 1024x3072, down 3072x1024, q 1024x2048, o 2048x1024 (`--shapes` picks; q/k/v 1024x4096 on request).
+Variants:
 
   fp32          MatMul (baseline)
   dqmm          quantize_dynamic(per_channel=True): one uint8 scale + zero point for the whole activation tensor,
@@ -12,6 +14,7 @@ gate/up 1024x3072, down 3072x1024, q 1024x2048, o 2048x1024. Variants:
   nbits8_bB     MatMulNBits, 8-bit symmetric weights in blocks of B along K, accuracy_level 4 (activations
                 quantized to int8 inside the kernel, per row and per block of B); B = 32, 128, 256 and K's largest
                 power-of-two divisor (bK)
+  nbits8_b32_float  the same at blocks of 32 with accuracy_level 0: float activations, int8 weights
   rowq_mmi_u8   per-row int8 from standard ops: s = max|x_row|/127, QuantizeLinear(axis 0, zero point 128, uint8),
                 MatMulInteger with int8 per-column weights, Cast, x row scales, x column scales
   rowq_mmi_s8   the same with x quantized to int8 (zero point 0): MatMulInteger int8 x int8
@@ -47,6 +50,9 @@ import onnxruntime as ort  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 SHAPES = {"gate/up": (1024, 3072), "down": (3072, 1024), "q": (1024, 2048), "o": (2048, 1024)}
+# on request (--shapes): q, k and v of one input as one weight, the same multiply-adds as the three, the input
+# quantized once as the artifacts do
+EXTRA_SHAPES = {"q/k/v": (1024, 4096)}
 THREADS = 2
 OPSETS = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
 BATCH_CHECK = (1, 7)
@@ -85,11 +91,12 @@ def dqmm(W) -> onnx.ModelProto:
         return onnx.load(dst)
 
 
-def matmul_nbits(W, block) -> onnx.ModelProto:
-    """MatMulNBitsQuantizer's graph; where the quantizer refuses the block size, the same node built by hand."""
+def matmul_nbits(W, block, level=4) -> onnx.ModelProto:
+    """MatMulNBitsQuantizer's graph at `accuracy_level` `level` (4: int8 activations per block, 0: float
+    activations); where the quantizer refuses the block size, the same node built by hand."""
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    cfg = DefaultWeightOnlyQuantConfig(bits=8, block_size=block, is_symmetric=True, accuracy_level=4)
+    cfg = DefaultWeightOnlyQuantConfig(bits=8, block_size=block, is_symmetric=True, accuracy_level=level)
     try:
         quantizer = MatMulNBitsQuantizer(fp32_matmul(W), algo_config=cfg)
         quantizer.process()
@@ -101,7 +108,7 @@ def matmul_nbits(W, block) -> onnx.ModelProto:
     scale = np.maximum(np.abs(blocks).max(axis=-1), 1e-30).astype(np.float32) / np.float32(127)
     q = (np.clip(np.rint(blocks / scale[..., None]), -127, 127) + 128).astype(np.uint8)
     node = helper.make_node("MatMulNBits", ["x", "W_q", "W_s"], ["y"], domain="com.microsoft",
-                            K=K, N=N, bits=8, block_size=block, accuracy_level=4)
+                            K=K, N=N, bits=8, block_size=block, accuracy_level=level)
     inits = [numpy_helper.from_array(q, "W_q"), numpy_helper.from_array(scale.reshape(-1), "W_s")]
     return _model([node], K, N, inits, doc="hand-built node; " + refusal)
 
@@ -157,6 +164,7 @@ VARIANTS = {  # name -> (builder(W), activation-scale granularity)
     "nbits8_b128": (lambda W: matmul_nbits(W, 128), "row x 128"),
     "nbits8_b256": (lambda W: matmul_nbits(W, 256), "row x 256"),
     "nbits8_bK": (lambda W: matmul_nbits(W, _pow2_divisor(W.shape[0])), "row x pow2|K"),
+    "nbits8_b32_float": (lambda W: matmul_nbits(W, 32, level=0), "float"),
     "rowq_mmi_u8": (lambda W: rowq_mmi(W, False), "row"),
     "rowq_mmi_s8": (lambda W: rowq_mmi(W, True), "row"),
     "rowq_mitf_u8": (lambda W: rowq_mitf(W, False), "row"),
@@ -343,7 +351,7 @@ def markdown(result):
         out.append(f"{head} {r['granularity']} | {r['ms_median']:.2f} | {r['ms_min']:.2f} | {r['gflops']:.1f} | "
                    f"{r['rel_err_outliers']:.2e} | {r['rel_err_gauss']:.2e} | {d['1']:.1e} / {d['7']:.1e} | "
                    f"{'yes' if r['bit_exact'] else 'no'} |")
-    out += ["", "## Whole layer (sum over the four shapes)", "",
+    out += ["", f"## Whole layer (sum over the shapes: {', '.join(result['shapes'])})", "",
             "| M | variant | act. scales | ms | GFLOP/s | bit-exact on every shape |",
             "| ---: | --- | --- | ---: | ---: | --- |"]
     for s in result["summary"]:
@@ -367,12 +375,12 @@ def markdown(result):
     return "\n".join(out) + "\n"
 
 
-def summarize(rows):
+def summarize(rows, shapes):
     summary = []
     for m in sorted({r["M"] for r in rows}):
         for name, (_, gran) in VARIANTS.items():
             rs = [r for r in rows if r["M"] == m and r["variant"] == name and "ms_median" in r]
-            if len(rs) != len(SHAPES):
+            if len(rs) != len(shapes):
                 continue
             ms_total = sum(r["ms_median"] for r in rs)
             flop = sum(2 * r["M"] * r["K"] * r["N"] for r in rs)
@@ -386,13 +394,16 @@ def main():
     ap.add_argument("--m", type=int, nargs="+", default=[256, 4096], help="token counts (rows of x)")
     ap.add_argument("--repeat", type=int, default=10, help="timed runs per point (median reported)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--shapes", nargs="+", choices=[*SHAPES, *EXTRA_SHAPES], default=list(SHAPES),
+                    help="layer shapes (default: the four of a 0.6B layer; q/k/v: the three projections of one input)")
     args = ap.parse_args()
     logging.disable(logging.WARNING)  # quantize_dynamic's pre-processing advice, quantizer progress
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
-    result = {"machine": machine_info(), "repeat": args.repeat, "warmup": WARMUP, "m": args.m,
+    shapes = {name: {**SHAPES, **EXTRA_SHAPES}[name] for name in args.shapes}
+    result = {"machine": machine_info(), "repeat": args.repeat, "warmup": WARMUP, "m": args.m, "shapes": list(shapes),
               "support": probe_support(), "rows": [], "graphs": {}}
-    for shape_name, (K, N) in SHAPES.items():
+    for shape_name, (K, N) in shapes.items():
         rows, info = bench_shape(shape_name, K, N, args.m, args.repeat, rng)
         result["rows"] += rows
         for name, g in info.items():  # one entry per variant; worst emulation match over shapes
@@ -403,7 +414,7 @@ def main():
     for name, g in result["graphs"].items():
         if "error" not in g:
             g["optimized_ops"] = optimized_ops(VARIANTS[name][0](np.ones((256, 64), np.float32)))
-    result["summary"] = summarize(result["rows"])
+    result["summary"] = summarize(result["rows"], shapes)
     result["loadavg_end"] = round(os.getloadavg()[0], 2)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     for r in result["rows"]:  # JSON keys are strings; keep the Markdown reader on the same footing

@@ -46,15 +46,16 @@ VARIANTS = {
 
 
 def embedding_blocks(table, block: int = 32):
-    """8-bit asymmetric blocks with the range stretched to 0, as quantize_embedding_blocks stores them."""
+    """The table as the artifact's 8-bit GatherBlockQuantized holds it (qrr.quant.onnx_quant.embedding_blocks),
+    dequantized."""
     import torch
 
+    from qrr.quant.onnx_quant import embedding_blocks as quantize
+
+    values, scale, zero = quantize(table.detach().numpy(), block, bits=8)
     rows, cols = table.shape
-    w = table.reshape(rows, -1, block)
-    lo, hi = w.amin(-1, keepdim=True).clamp(max=0), w.amax(-1, keepdim=True).clamp(min=0)
-    scale = ((hi - lo) / 255).clamp(min=1e-12)
-    zero = (-lo / scale).round()
-    return ((torch.clamp((w / scale).round() + zero, 0, 255) - zero) * scale).reshape(rows, cols)
+    codes = values.reshape(rows, cols // block, block).astype("float32") - zero[..., None]
+    return torch.from_numpy((codes * scale[..., None]).reshape(rows, cols))
 
 
 def hook(acts: bool | str, weights: bool | str):
