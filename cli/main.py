@@ -26,6 +26,7 @@ from qrr.export.presets import (
     PRECISIONS,
     PRESETS,
     REFERENCE_DTYPES,
+    ROUNDINGS,
 )
 from qrr.export.standin import SHAPES
 from qrr.runtime.bench import WORKLOADS
@@ -92,6 +93,10 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
                    help="ONNX int8 only: rowwise = int8 activations per token on the integer GEMM (fast, scores "
                         "independent of the batch), matmulnbits = MatMulNBits blocks (default: "
                         f"{PRESETS['int8'].kernel})")
+    p.add_argument("--rounding", choices=ROUNDINGS, default=None,
+                   help="ONNX int8 only: how weights meet the int8 grid: gptq = each layer's rounding errors "
+                        "compensated on the calibration pairs (slower export, same artifact size and speed), "
+                        f"nearest = each weight on its own (default: {PRESETS['int8'].rounding})")
     p.add_argument("--attention", choices=ATTENTIONS, default=None,
                    help="ONNX only: ops = standard ONNX ops, gqa = onnxruntime's GroupQueryAttention (CPU only; "
                         "faster on long documents, slower on many short ones) (default: ops)")
@@ -131,13 +136,13 @@ def _export(args: argparse.Namespace) -> int:
     )
     if args.format == "openvino":
         for flag, value in (("--accuracy-level", args.accuracy_level), ("--kernel", args.kernel),
-                            ("--attention", args.attention)):
+                            ("--rounding", args.rounding), ("--attention", args.attention)):
             if value is not None:
                 raise QrrError(f"{flag} is an onnxruntime setting; OpenVINO artifacts do not take it")
         run = lambda: export_openvino(args.source, args.output, stream=args.stream, **options)  # noqa: E731
     else:
         run = lambda: export_onnx(args.source, args.output, accuracy_level=args.accuracy_level,  # noqa: E731
-                                  kernel=args.kernel, stream=args.stream, attention=args.attention, **options)
+                                  kernel=args.kernel, rounding=args.rounding, stream=args.stream, attention=args.attention, **options)
     try:
         run()
     except ImportError as exc:  # torch, transformers or onnx missing or broken

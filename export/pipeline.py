@@ -101,7 +101,7 @@ def load_folded(
     """The checkpoint in fp32, with the preset's activation-aware scales folded in; and what was folded."""
     with progress.step("loading the checkpoint in fp32"):
         model = load_model(src.checkpoint, attn_implementation="eager")
-    if preset is None or not (preset.scaling or preset.rotate):
+    if preset is None or not (preset.scaling or preset.rotate or preset.gptq):
         return model, None
     folded: dict[str, Any] = {}
     if preset.rotate:
@@ -109,20 +109,29 @@ def load_folded(
 
         with progress.step("rotating the residual stream and the values"):
             folded["rotation"] = rotate(model)
+    batches = calibration_batches(src.tokenizer, calibration, max_length) if preset.scaling or preset.gptq else None
     if preset.scaling:
         with progress.step(f"calibrating {preset.method} scales"):
-            folded.update(fold_scales(model, src.tokenizer, preset, calibration, max_length))
+            folded.update(fold_scales(model, src.tokenizer, preset, calibration, max_length, batches))
+    if preset.gptq:
+        from .streamed_export import round_model_by_gptq
+
+        with progress.step("rounding the weights by GPTQ, layer by layer"):
+            folded["rounding"] = round_model_by_gptq(model, src.checkpoint.config, batches)
+        folded["calibration"] = calibration_info(calibration, batches)
     return model, folded
 
 
-def fold_scales(model, tokenizer, preset: Preset, calibration: str | Path | None, max_length: int) -> dict[str, Any]:
-    """Fold activation-aware scales into the torch model, from the calibration pairs' activations."""
+def fold_scales(model, tokenizer, preset: Preset, calibration: str | Path | None, max_length: int,
+                batches: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Fold activation-aware scales into the torch model, from the calibration pairs' activations (`batches`,
+    default: calibration_batches)."""
     from qrr.quant import smooth
 
-    batches = calibration_batches(tokenizer, calibration, max_length)
+    batches = batches if batches is not None else calibration_batches(tokenizer, calibration, max_length)
     stats = smooth.collect_stats(model, batches)
     if preset.method == "smoothquant":
-        info = smooth.smoothquant(model, stats, preset.alpha, preset.sites, **preset.rounding)
+        info = smooth.smoothquant(model, stats, preset.alpha, preset.sites, **preset.grid)
     else:
         info = smooth.awq(model, stats, bits=preset.bits, block=preset.block_size, symmetric=preset.symmetric,
                           sites=preset.sites)

@@ -22,7 +22,8 @@ BLOCK_SIZES = (16, 32, 64, 128, 256)
 ACCURACY_LEVELS = (0, 4)  # onnxruntime MatMulNBits: 0 float activations, 4 int8 activations (VNNI)
 KERNELS = ("rowwise", "matmulnbits")  # int8 per row × per column (integer GEMM), or MatMulNBits blocks
 ATTENTIONS = ("gqa", "ops")  # the ONNX graph's attention: onnxruntime's GroupQueryAttention, or standard ops
-SITES = ("attn", "mlp", "down", "vo")  # where activation-aware scales are folded (qrr.quant.smooth)
+SITES = ("attn", "mlp", "down", "vo")
+ROUNDINGS = ("nearest", "gptq")  # how weights meet the grid: each on its own, or GPTQ (qrr.quant.gptq; rowwise only)  # where activation-aware scales are folded (qrr.quant.smooth)
 CALIBRATION_PAIRS = 64
 # Largest allowed |ΔP(yes)| of any evaluation pair against the reference, per precision (README, "Validation").
 DEFAULT_MAX_DROP = {"fp32": 1e-3, "fp16": 0.01, "int8": 0.03, "int4": 0.1}
@@ -58,6 +59,7 @@ class Preset:
     sites: tuple[str, ...] = SITES
     embedding_block: int | None = 32  # None: one scale per embedding row
     alpha: float | None = 0.5  # SmoothQuant's migration strength; None: searched per site (qrr.quant.smooth)
+    rounding: str = "nearest"  # "gptq": error-compensating rounding onto the rowwise kernel's grid (qrr.quant.gptq)
 
     def with_overrides(
         self,
@@ -67,14 +69,19 @@ class Preset:
         accuracy_level: int | None = None,
         kernel: str | None = None,
         rotate: bool | None = None,
+        rounding: str | None = None,
     ) -> Preset:
-        """This preset with the user's overrides, each checked against its choices."""
+        """This preset with the user's overrides, each checked against its choices. GPTQ rounding follows the
+        kernel and the method unless asked for: a MatMulNBits kernel or plain rounding (rtn, hqq) turns it off."""
         for name, value, choices in (("method", method, METHODS), ("block size", block_size, BLOCK_SIZES),
-                                     ("accuracy level", accuracy_level, ACCURACY_LEVELS), ("kernel", kernel, KERNELS)):
+                                     ("accuracy level", accuracy_level, ACCURACY_LEVELS), ("kernel", kernel, KERNELS),
+                                     ("rounding", rounding, ROUNDINGS)):
             if value is not None and value not in choices:
                 raise QrrError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, choices))}")
+        if rounding is None and self.gptq and ((kernel or self.kernel) != "rowwise" or method in ("rtn", "hqq")):
+            rounding = "nearest"
         changes = {"method": method, "block_size": block_size, "accuracy_level": accuracy_level, "kernel": kernel,
-                   "rotate": rotate}
+                   "rotate": rotate, "rounding": rounding}
         preset = dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
         if preset.kernel == "rowwise":
             if preset.bits != 8:
@@ -85,8 +92,15 @@ class Preset:
                 raise QrrError("hqq is a 4-bit rounding; the rowwise kernel rounds to nearest")
         return preset
 
+    def __post_init__(self) -> None:
+        if self.rounding not in ROUNDINGS:
+            raise QrrError(f"unknown rounding {self.rounding!r}; choose one of {', '.join(ROUNDINGS)}")
+        if self.rounding == "gptq" and self.kernel != "rowwise":
+            raise QrrError("gptq rounding is onto the rowwise kernel's grid (int8 per output channel); MatMulNBits "
+                           "weights take --rounding nearest")
+
     @property
-    def rounding(self) -> dict[str, Any]:
+    def grid(self) -> dict[str, Any]:
         """How the kernel rounds, for the scale searches that emulate it (qrr.quant.smooth.kernel_matmul)."""
         return {"kernel": self.kernel, "bits": self.bits, "block": self.block_size, "symmetric": self.symmetric,
                 "accuracy_level": self.accuracy_level}
@@ -96,12 +110,17 @@ class Preset:
         """Whether the method folds activation-aware scales (and so reads calibration pairs)."""
         return self.method in SCALING_METHODS
 
+    @property
+    def gptq(self) -> bool:
+        """Whether the weights are rounded by GPTQ (which reads calibration pairs too)."""
+        return self.rounding == "gptq"
+
 
 # Chosen by measurement over the stand-in family (benchmarks/quant_sweep.py, README "Quantization").
 PRESETS = {
     # rotation takes the outliers out of the inputs fed by the residual stream; scales cover the two outside it
     "int8": Preset(bits=8, block_size=32, symmetric=True, accuracy_level=4, embedding_bits=8, method="smoothquant",
-                   kernel="rowwise", rotate=True, sites=("down", "vo")),
+                   kernel="rowwise", rotate=True, sites=("down", "vo"), rounding="gptq"),
     "int4": Preset(bits=4, block_size=32, symmetric=False, accuracy_level=4, embedding_bits=4, method="awq",
                    rotate=True, sites=("down", "vo")),
 }
@@ -123,17 +142,19 @@ def preset_for(
     accuracy_level: int | None = None,
     kernel: str | None = None,
     rotate: bool | None = None,
+    rounding: str | None = None,
     calibration: object = None,
 ) -> Preset | None:
     """The quantization preset of `precision` with overrides; None for fp32/fp16, which take none."""
     if precision not in PRESETS:
-        given = (method, block_size, accuracy_level, kernel, rotate, calibration)
+        given = (method, block_size, accuracy_level, kernel, rotate, rounding, calibration)
         if any(value is not None for value in given):
-            raise QrrError(f"method, block size, accuracy level, kernel, rotation and calibration apply to int8 and "
-                           f"int4, not {precision}")
+            raise QrrError(f"method, block size, accuracy level, kernel, rotation, rounding and calibration apply to "
+                           f"int8 and int4, not {precision}")
         return None
     preset = PRESETS[precision].with_overrides(method=method, block_size=block_size, accuracy_level=accuracy_level,
-                                               kernel=kernel, rotate=rotate)
-    if calibration is not None and not preset.scaling:
-        raise QrrError(f"calibration pairs feed awq and smoothquant; method {preset.method} uses none")
+                                               kernel=kernel, rotate=rotate, rounding=rounding)
+    if calibration is not None and not (preset.scaling or preset.gptq):
+        raise QrrError(f"calibration pairs feed awq, smoothquant and gptq rounding; method {preset.method} with "
+                       f"{preset.rounding} rounding uses none")
     return preset

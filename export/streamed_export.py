@@ -371,6 +371,7 @@ def export_streamed(
     head_name = "model.embed_tokens.weight" if tied else "lm_head.weight"
     rotate = preset is not None and preset.rotate
     scaling = preset is not None and preset.scaling
+    gptq = preset is not None and preset.gptq
     folded: dict[str, Any] = {}
     q = None
     if rotate:
@@ -389,11 +390,13 @@ def export_streamed(
     alphas: list[float] = []
     try:
         runner = LayerRunner(config)
-        batches = hidden = None
-        if scaling:
+        batches = hidden = unscaled = None
+        if scaling or gptq:
             batches = calibration_batches(src.tokenizer, calibration, max_length)
             with progress.step("embedding the calibration pairs"):
-                hidden = [_embed(reader, b["input_ids"], q) for b in batches]
+                # two streams of activations: the scales' statistics read the layers before their scales and
+                # rounding, as the whole-model pass does; GPTQ reads them scaled (round_model_by_gptq)
+                hidden = unscaled = [_embed(reader, b["input_ids"], q) for b in batches]
         with progress.step(f"streaming {depth} layers", total=depth) as step:
             for i in range(depth):
                 prefix = f"model.layers.{i}."
@@ -404,8 +407,10 @@ def export_streamed(
 
                     rotate_layer(layer, q)
                 if scaling:
-                    hidden, info = _calibrate(runner, layer, i, hidden, batches, preset)
+                    unscaled, info = _calibrate(runner, layer, i, unscaled, batches, preset)
                     alphas += info
+                if gptq:
+                    hidden = round_by_gptq(runner, layer, hidden, batches)
                 params = {n: p.detach() for n, p in layer.state_dict().items()}
                 del layer
                 layer_nodes, layer_inits, info = _layer_graph(sk, i, params, preset)
@@ -422,7 +427,7 @@ def export_streamed(
                                                          src.yes_id, src.no_id)
     finally:
         writer.close()
-    del hidden
+    del hidden, unscaled
     graph = helper.make_graph(_toposort([*top_nodes, *nodes]), sk.model.graph.name or "qrr",
                               _io(sk.model.graph.input, depth), _io(sk.model.graph.output, depth),
                               initializer=[*top_inits, *inits])
@@ -440,6 +445,11 @@ def export_streamed(
             folded.update(smooth.smoothquant_info(preset.alpha, alphas, preset.sites))
         else:
             folded.update(smooth.awq_info(alphas, preset.bits, preset.block_size, preset.sites))
+    if gptq:
+        from qrr.quant.gptq import description
+
+        folded["rounding"] = description()
+    if scaling or gptq:
         folded["calibration"] = calibration_info(calibration, batches)
     linear = dict(linear_infos[0])
     linear["count"] = sum(x["count"] for x in linear_infos)
@@ -471,23 +481,55 @@ def _embed(reader: SafetensorsWeights, ids, q):
     return rows.reshape(*ids.shape, -1)
 
 
-def _calibrate(runner: LayerRunner, layer, index: int, hidden, batches, preset: Preset):
-    """Record the layer's site statistics while carrying the calibration activations through it; fold the
-    scales. Returns the next layer's activations and the α used at each site."""
-    from qrr.quant import smooth
-
-    recorder = smooth.LayerRecorder(layer, index)
+def _recorded(runner: LayerRunner, layer, hidden, batches, recorder):
+    """The layer's outputs on the calibration activations `hidden`, with `recorder`'s hooks watching its inputs
+    (the real tokens of each batch); then what the recorder gathered."""
     out = []
     try:
         for h, batch in zip(hidden, batches):
             recorder.mask = batch["attention_mask"]
             out.append(runner.run(layer, h, batch["attention_mask"]))
     finally:
-        stats = recorder.close()
+        gathered = recorder.close()
+    return out, gathered
+
+
+def _calibrate(runner: LayerRunner, layer, index: int, hidden, batches, preset: Preset):
+    """Record the layer's site statistics while carrying the calibration activations through it; fold the
+    scales. Returns the next layer's activations and the α used at each site."""
+    from qrr.quant import smooth
+
+    out, stats = _recorded(runner, layer, hidden, batches, smooth.LayerRecorder(layer, index))
     if preset.method == "smoothquant":
-        return out, smooth.smoothquant_layer(layer, stats, preset.alpha, preset.sites, **preset.rounding)
+        return out, smooth.smoothquant_layer(layer, stats, preset.alpha, preset.sites, **preset.grid)
     return out, smooth.awq_layer(layer, stats, bits=preset.bits, block=preset.block_size,
                                  symmetric=preset.symmetric, sites=preset.sites)
+
+
+def round_by_gptq(runner: LayerRunner, layer, hidden, batches) -> list:
+    """Round `layer`'s weights by GPTQ (qrr.quant.gptq) from its inputs, the calibration activations `hidden`;
+    returns its outputs (computed before the rounding), the next layer's inputs."""
+    from qrr.quant import gptq
+
+    out, covariances = _recorded(runner, layer, hidden, batches, gptq.CovarianceRecorder(layer))
+    gptq.round_layer(layer, covariances)
+    return out
+
+
+def round_model_by_gptq(model, config: dict[str, Any], batches) -> dict[str, Any]:
+    """Round every decoder layer of the (rotated, scaled) transformers `model` by GPTQ, one layer at a time on
+    the calibration `batches`, exactly as the streamed export does: each layer reads the scaled and unrounded
+    outputs of the layer before."""
+    import torch
+
+    from qrr.quant.gptq import description
+
+    runner = LayerRunner(config)
+    with torch.no_grad():
+        hidden = [model.model.embed_tokens(b["input_ids"]) for b in batches]
+    for layer in model.model.layers:
+        hidden = round_by_gptq(runner, layer, hidden, batches)
+    return description()
 
 
 def _rename(name: str, scope: str, i: int) -> str:

@@ -46,6 +46,7 @@ def export_onnx(
     accuracy_level: int | None = None,
     kernel: str | None = None,
     rotate: bool | None = None,
+    rounding: str | None = None,
     calibration: str | Path | None = None,
     preset: Preset | None = None,
     stream: bool | None = None,
@@ -57,7 +58,8 @@ def export_onnx(
     `quant` is fp32, fp16 (a GPU body), int8 or int4; int8 and int4 take their settings from
     qrr.export.presets.PRESETS, which `method`, `block_size` and `accuracy_level` override, and `calibration`
     (JSON Lines pairs, default: the built-in set) feeds the activation-aware methods; `kernel` and `rotate`
-    override the int8 kernel and the rotation. `preset` replaces the precision's preset whole (sweeps).
+    override the int8 kernel and the rotation, `rounding` how int8 weights meet their grid ("gptq", the int8
+    default, or "nearest"; qrr.quant.gptq). `preset` replaces the precision's preset whole (sweeps).
     `attention` is how the graph computes attention (graph.ATTENTIONS): "ops", standard ONNX ops (the
     default), or "gqa", onnxruntime's GroupQueryAttention (CPU only in fp32: faster on long documents, slower
     on many short rows over a long shared past; README, "Measured").
@@ -72,7 +74,7 @@ def export_onnx(
     precision = precision_of(quant)
     if preset is None:
         preset = preset_for(precision, method=method, block_size=block_size, accuracy_level=accuracy_level,
-                            kernel=kernel, rotate=rotate, calibration=calibration)
+                            kernel=kernel, rotate=rotate, rounding=rounding, calibration=calibration)
     out = check_options(out_dir, max_length, reference_dtype, max_pairs)
     attention = attention_for(attention)
     src = open_source(source, revision, progress)

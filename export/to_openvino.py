@@ -62,6 +62,9 @@ def export_openvino(
         raise QrrError(f"--quant {quant} is an ONNX option; OpenVINO artifacts take {', '.join(OPENVINO_PRECISIONS)}")
     if preset is None:
         preset = preset_for(precision, method=method, block_size=block_size, rotate=rotate, calibration=calibration)
+    if preset is not None and preset.gptq:
+        # NNCF (and the streamed path's MatMulNBits) round onto grids of their own: GPTQ's choices would be re-rounded
+        preset = dataclasses.replace(preset, rounding="nearest")
     missing = [name for name in ("openvino", "nncf") if importlib.util.find_spec(name) is None]
     if missing:
         raise QrrError(f"--format openvino needs {' and '.join(missing)}: {EXTRA}")

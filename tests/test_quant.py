@@ -254,6 +254,7 @@ def test_rowwise_int8_graph_and_neighbour_independence(int8_artifact):
 
     m = load_manifest(int8_artifact)
     assert m["quantization"]["linear"]["op"] == "MatMulIntegerToFloat"
+    assert m["quantization"]["smoothing"]["rounding"]["method"] == "gptq"
     assert m["quantization"]["embedding"]["op"] == "GatherBlockQuantized" and m["quantization"]["embedding"]["bits"] == 8
     ops = [n.op_type for n in onnx.load(str(int8_artifact / "model.onnx"), load_external_data=False).graph.node]
     assert "MatMulNBits" not in ops and "DynamicQuantizeLinear" not in ops and ops.count("MatMulIntegerToFloat") == 14
@@ -265,3 +266,72 @@ def test_rowwise_int8_graph_and_neighbour_independence(int8_artifact):
     shuffled = np.empty(len(docs))
     shuffled[order] = small.score(QUERY, [docs[i] for i in order])
     assert np.abs(together - alone).max() < 1e-6 and np.abs(together - shuffled).max() < 1e-6
+
+
+def _correlated_inputs(rows: int, width: int, seed: int = 0) -> torch.Tensor:
+    """Inputs whose channels are correlated and of unequal size, as a layer's real inputs are: one distribution
+    (the mixing matrix), samples drawn by `seed`."""
+    mix = torch.randn(width, width, generator=torch.Generator().manual_seed(width)) * torch.logspace(0, -1.5, width)
+    return torch.randn(rows, width, generator=torch.Generator().manual_seed(seed)) @ mix.T
+
+
+def test_gptq_rounding_lies_on_the_rowwise_grid_and_lowers_the_output_error():
+    """GPTQ's weights are integer multiples of the rowwise kernel's per-channel scale (so the quantizer stores
+    them unchanged), and on inputs like its calibration ones the layer's output moves less than with
+    round-to-nearest, by a wide margin."""
+    from qrr.quant.gptq import gptq_round, grid_scale
+
+    gen = torch.Generator().manual_seed(1)
+    weight = torch.randn(96, 64, generator=gen) * 0.05
+    calibration, held_out = _correlated_inputs(2048, 64, seed=2), _correlated_inputs(512, 64, seed=3)
+    rounded = gptq_round(weight, calibration.double().T @ calibration.double())
+    scale = grid_scale(weight)[:, None]
+    codes = rounded / scale
+    assert torch.equal(grid_scale(rounded), grid_scale(weight))
+    assert (codes - codes.round()).abs().max() < 1e-4 and codes.round().abs().max() == 127
+    nearest = torch.clamp(torch.round(weight / scale), -127, 127) * scale
+    exact = held_out @ weight.T
+    gptq_err = (held_out @ rounded.T - exact).pow(2).mean()
+    nearest_err = (held_out @ nearest.T - exact).pow(2).mean()
+    assert gptq_err < 0.5 * nearest_err, (gptq_err, nearest_err)
+
+
+def test_the_rowwise_quantizer_stores_gptq_weights_exactly():
+    """The ONNX quantizer, which derives each column's scale from the weights it is given, keeps every value GPTQ
+    chose: the dequantized int8 weight equals the GPTQ weight."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from qrr.quant.gptq import gptq_round
+    from qrr.quant.onnx_quant import quantize_linear
+
+    gen = torch.Generator().manual_seed(4)
+    weight = torch.randn(48, 32, generator=gen)
+    x = _correlated_inputs(1024, 32, seed=5).double()
+    rounded = gptq_round(weight, x.T @ x).numpy()
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", 48])],
+                              initializer=[numpy_helper.from_array(np.ascontiguousarray(rounded.T), "w")])
+    model, _ = quantize_linear(helper.make_model(graph), bits=8, block_size=32, symmetric=True, accuracy_level=4,
+                               method="rtn", kernel="rowwise")
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    (codes,) = [v for k, v in inits.items() if k.endswith("_w_q")]
+    (scales,) = [v for k, v in inits.items() if k.endswith("_w_s")]
+    np.testing.assert_array_equal(codes.astype(np.float32) * scales, rounded.T)
+
+
+def test_int8_rounds_by_gptq_unless_told_otherwise(trained, tmp_path):
+    from qrr.export.presets import preset_for
+
+    assert preset_for("int8").rounding == "gptq"
+    assert preset_for("int8", kernel="matmulnbits").rounding == "nearest"
+    assert preset_for("int8", method="rtn").rounding == "nearest"
+    assert preset_for("int8", method="rtn", rounding="gptq", calibration="pairs.jsonl").rounding == "gptq"
+    assert preset_for("int4").rounding == "nearest"
+    with pytest.raises(QrrError, match="rowwise kernel's grid"):
+        preset_for("int8", kernel="matmulnbits", rounding="gptq")
+    with pytest.raises(QrrError, match="unknown rounding"):
+        preset_for("int8", rounding="stochastic")
+    with pytest.raises(QrrError, match="uses none"):
+        preset_for("int8", method="rtn", calibration="pairs.jsonl")
