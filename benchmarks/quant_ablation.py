@@ -5,7 +5,8 @@ run by the recipe on the built-in pairs with the rowwise kernel's rounding (int8
 weights per output column, qrr.quant.smooth.fake_quant) applied only where a variant says, and the embedding
 in 8-bit blocks of 32. Max |ΔP| against the unquantized checkpoint, per variant:
 
-  all            every linear layer and the embedding, as the artifact (matches the ONNX artifact's figure)
+  all            every linear layer and the embedding, as the artifact exported with `--rounding nearest` (matches
+                 its figure; the default GPTQ rounding moves the weights, not the inputs this ablation splits)
   emb            the embedding only
   qkv, o, gateup, down     those projections only (activations and weights)
   qkv-act, qkv-wt          q/k/v activations only, weights only
@@ -82,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from qrr.export.checkpoint import resolve
-    from qrr.export.pipeline import fold_scales
+    import dataclasses
+
+    from qrr.export.pipeline import calibration_batches
+    from qrr.export.streamed_export import calibrate_model
     from qrr.export.presets import PRESETS
     from qrr.export.reference import ReferenceScorer
     from qrr.quant.rotate import rotate
@@ -90,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
 
     queries = load_queries()
     for path in args.checkpoints:
-        ref = ReferenceScorer(resolve(str(path)))
+        checkpoint = resolve(str(path))
+        ref = ReferenceScorer(checkpoint)
 
         def scores(model):
             ref.model = model
@@ -100,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         exact = scores(ref.model)
         folded = copy.deepcopy(ref.model)
         rotate(folded)
-        fold_scales(folded, ref.tokenizer, PRESETS["int8"], None, 8192)
+        # the preset's rotation and scales; the variants round weights to nearest (the preset with --rounding nearest)
+        preset = dataclasses.replace(PRESETS["int8"], rounding="nearest")
+        calibrate_model(folded, checkpoint.config, calibration_batches(ref.tokenizer, None, 8192), preset)
         row = {"checkpoint": str(path)}
         for name in args.variants:
             linear, embedding = VARIANTS[name]

@@ -109,34 +109,17 @@ def load_folded(
 
         with progress.step("rotating the residual stream and the values"):
             folded["rotation"] = rotate(model)
-    batches = calibration_batches(src.tokenizer, calibration, max_length) if preset.scaling or preset.gptq else None
-    if preset.scaling:
-        with progress.step(f"calibrating {preset.method} scales"):
-            folded.update(fold_scales(model, src.tokenizer, preset, calibration, max_length, batches))
-    if preset.gptq:
-        from .streamed_export import round_model_by_gptq
+    if preset.scaling or preset.gptq:
+        from .streamed_export import calibrate_model, calibration_summary
 
-        with progress.step("rounding the weights by GPTQ, layer by layer"):
-            folded["rounding"] = round_model_by_gptq(model, src.checkpoint.config, batches)
-        folded["calibration"] = calibration_info(calibration, batches)
+        what = " and ".join(([f"{preset.method} scales"] if preset.scaling else []) +
+                            (["GPTQ rounding"] if preset.gptq else []))
+        layers = len(model.model.layers)
+        with progress.step(f"calibrating {what}, layer by layer", total=layers, unit="layer") as step:
+            batches = calibration_batches(src.tokenizer, calibration, max_length)
+            alphas = calibrate_model(model, src.checkpoint.config, batches, preset, step)
+            folded.update(calibration_summary(preset, alphas, calibration, batches))
     return model, folded
-
-
-def fold_scales(model, tokenizer, preset: Preset, calibration: str | Path | None, max_length: int,
-                batches: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Fold activation-aware scales into the torch model, from the calibration pairs' activations (`batches`,
-    default: calibration_batches)."""
-    from qrr.quant import smooth
-
-    batches = batches if batches is not None else calibration_batches(tokenizer, calibration, max_length)
-    stats = smooth.collect_stats(model, batches)
-    if preset.method == "smoothquant":
-        info = smooth.smoothquant(model, stats, preset.alpha, preset.sites, **preset.grid)
-    else:
-        info = smooth.awq(model, stats, bits=preset.bits, block=preset.block_size, symmetric=preset.symmetric,
-                          sites=preset.sites)
-    info["calibration"] = calibration_info(calibration, batches)
-    return info
 
 
 def calibration_batches(tokenizer, calibration: str | Path | None, max_length: int) -> list[dict[str, Any]]:

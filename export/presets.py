@@ -78,7 +78,7 @@ class Preset:
                                      ("rounding", rounding, ROUNDINGS)):
             if value is not None and value not in choices:
                 raise QrrError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, choices))}")
-        if rounding is None and self.gptq and ((kernel or self.kernel) != "rowwise" or method in ("rtn", "hqq")):
+        if rounding is None and self.gptq and (kernel not in (None, self.kernel) or method in ("rtn", "hqq")):
             rounding = "nearest"
         changes = {"method": method, "block_size": block_size, "accuracy_level": accuracy_level, "kernel": kernel,
                    "rotate": rotate, "rounding": rounding}
@@ -95,9 +95,9 @@ class Preset:
     def __post_init__(self) -> None:
         if self.rounding not in ROUNDINGS:
             raise QrrError(f"unknown rounding {self.rounding!r}; choose one of {', '.join(ROUNDINGS)}")
-        if self.rounding == "gptq" and self.kernel != "rowwise":
-            raise QrrError("gptq rounding is onto the rowwise kernel's grid (int8 per output channel); MatMulNBits "
-                           "weights take --rounding nearest")
+        if self.gptq and self.kernel != "rowwise" and (self.symmetric or self.method == "hqq"):
+            raise QrrError("gptq rounding is onto the rowwise kernel's grid or MatMulNBits' asymmetric blocks; "
+                           "symmetric blocks and hqq take --rounding nearest")
 
     @property
     def grid(self) -> dict[str, Any]:
@@ -114,6 +114,11 @@ class Preset:
     def gptq(self) -> bool:
         """Whether the weights are rounded by GPTQ (which reads calibration pairs too)."""
         return self.rounding == "gptq"
+
+    @property
+    def nbits(self) -> tuple[int, int] | None:
+        """MatMulNBits' (bits, block), the grid GPTQ rounds onto; None for the rowwise kernel's."""
+        return None if self.kernel == "rowwise" else (self.bits, self.block_size)
 
 
 # Chosen by measurement over the stand-in family (benchmarks/quant_sweep.py, README "Quantization").

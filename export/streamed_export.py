@@ -390,13 +390,11 @@ def export_streamed(
     alphas: list[float] = []
     try:
         runner = LayerRunner(config)
-        batches = hidden = unscaled = None
+        batches = hidden = None
         if scaling or gptq:
             batches = calibration_batches(src.tokenizer, calibration, max_length)
             with progress.step("embedding the calibration pairs"):
-                # two streams of activations: the scales' statistics read the layers before their scales and
-                # rounding, as the whole-model pass does; GPTQ reads them scaled (round_model_by_gptq)
-                hidden = unscaled = [_embed(reader, b["input_ids"], q) for b in batches]
+                hidden = [_embed(reader, b["input_ids"], q) for b in batches]
         with progress.step(f"streaming {depth} layers", total=depth) as step:
             for i in range(depth):
                 prefix = f"model.layers.{i}."
@@ -406,11 +404,9 @@ def export_streamed(
                     from qrr.quant.rotate import rotate_layer
 
                     rotate_layer(layer, q)
-                if scaling:
-                    unscaled, info = _calibrate(runner, layer, i, unscaled, batches, preset)
+                if scaling or gptq:
+                    hidden, info = calibrate_layer(runner, layer, i, hidden, batches, preset)
                     alphas += info
-                if gptq:
-                    hidden = round_by_gptq(runner, layer, hidden, batches)
                 params = {n: p.detach() for n, p in layer.state_dict().items()}
                 del layer
                 layer_nodes, layer_inits, info = _layer_graph(sk, i, params, preset)
@@ -427,7 +423,7 @@ def export_streamed(
                                                          src.yes_id, src.no_id)
     finally:
         writer.close()
-    del hidden, unscaled
+    del hidden
     graph = helper.make_graph(_toposort([*top_nodes, *nodes]), sk.model.graph.name or "qrr",
                               _io(sk.model.graph.input, depth), _io(sk.model.graph.output, depth),
                               initializer=[*top_inits, *inits])
@@ -438,19 +434,8 @@ def export_streamed(
     onnx.save_model(model, str(out_file))
     if preset is None:
         return None, None
-    if scaling:
-        from qrr.quant import smooth
-
-        if preset.method == "smoothquant":
-            folded.update(smooth.smoothquant_info(preset.alpha, alphas, preset.sites))
-        else:
-            folded.update(smooth.awq_info(alphas, preset.bits, preset.block_size, preset.sites))
-    if gptq:
-        from qrr.quant.gptq import description
-
-        folded["rounding"] = description()
     if scaling or gptq:
-        folded["calibration"] = calibration_info(calibration, batches)
+        folded.update(calibration_summary(preset, alphas, calibration, batches))
     linear = dict(linear_infos[0])
     linear["count"] = sum(x["count"] for x in linear_infos)
     return {"linear": linear, "embedding": embedding, "head": "fp32"}, folded or None
@@ -481,55 +466,79 @@ def _embed(reader: SafetensorsWeights, ids, q):
     return rows.reshape(*ids.shape, -1)
 
 
-def _recorded(runner: LayerRunner, layer, hidden, batches, recorder):
-    """The layer's outputs on the calibration activations `hidden`, with `recorder`'s hooks watching its inputs
-    (the real tokens of each batch); then what the recorder gathered."""
+def _recorded(runner: LayerRunner, layer, hidden, batches, recorders: list) -> tuple[list, list]:
+    """The layer's outputs on the calibration activations `hidden`, with the `recorders`' hooks watching its
+    inputs (the real tokens of each batch); then what each recorder gathered."""
     out = []
     try:
         for h, batch in zip(hidden, batches):
-            recorder.mask = batch["attention_mask"]
+            for r in recorders:
+                r.mask = batch["attention_mask"]
             out.append(runner.run(layer, h, batch["attention_mask"]))
     finally:
-        gathered = recorder.close()
+        gathered = [r.close() for r in recorders]
     return out, gathered
 
 
-def _calibrate(runner: LayerRunner, layer, index: int, hidden, batches, preset: Preset):
-    """Record the layer's site statistics while carrying the calibration activations through it; fold the
-    scales. Returns the next layer's activations and the α used at each site."""
-    from qrr.quant import smooth
+def calibrate_layer(runner: LayerRunner, layer, index: int, hidden, batches, preset: Preset):
+    """One decoder layer's calibration, as both export paths do it. One run over the calibration activations
+    `hidden` records the scales' statistics (qrr.quant.smooth) and, for GPTQ, the second moments of the
+    linear layers' inputs (qrr.quant.gptq); the scales are folded, the second moments rescaled to the scaled
+    inputs, then the weights rounded by GPTQ. Returns the layer's outputs from that run (the next layer's
+    inputs) and the α used at each site."""
+    from qrr.quant import gptq, smooth
 
-    out, stats = _recorded(runner, layer, hidden, batches, smooth.LayerRecorder(layer, index))
+    recorders = ([smooth.LayerRecorder(layer, index)] if preset.scaling else []) + \
+        ([gptq.CovarianceRecorder(layer)] if preset.gptq else [])
+    out, gathered = _recorded(runner, layer, hidden, batches, recorders)
+    alphas: list[float] = []
+    applied: dict[str, Any] = {}  # site → the per-input-channel scale its activations were divided by
     if preset.method == "smoothquant":
-        return out, smooth.smoothquant_layer(layer, stats, preset.alpha, preset.sites, **preset.grid)
-    return out, smooth.awq_layer(layer, stats, bits=preset.bits, block=preset.block_size,
-                                 symmetric=preset.symmetric, sites=preset.sites)
+        alphas = smooth.smoothquant_layer(layer, gathered[0], preset.alpha, preset.sites, applied=applied,
+                                          **preset.grid)
+    elif preset.scaling:
+        alphas = smooth.awq_layer(layer, gathered[0], bits=preset.bits, block=preset.block_size,
+                                  symmetric=preset.symmetric, sites=preset.sites, applied=applied)
+    if preset.gptq:
+        covariances = gathered[-1]
+        for site, scale in applied.items():  # x / s per channel: xᵀx / (s_i s_j)
+            s = scale.double()
+            covariances[site] /= s[:, None] * s[None, :]
+        gptq.round_layer(layer, covariances, preset.nbits)
+    return out, alphas
 
 
-def round_by_gptq(runner: LayerRunner, layer, hidden, batches) -> list:
-    """Round `layer`'s weights by GPTQ (qrr.quant.gptq) from its inputs, the calibration activations `hidden`;
-    returns its outputs (computed before the rounding), the next layer's inputs."""
-    from qrr.quant import gptq
-
-    out, covariances = _recorded(runner, layer, hidden, batches, gptq.CovarianceRecorder(layer))
-    gptq.round_layer(layer, covariances)
-    return out
-
-
-def round_model_by_gptq(model, config: dict[str, Any], batches) -> dict[str, Any]:
-    """Round every decoder layer of the (rotated, scaled) transformers `model` by GPTQ, one layer at a time on
-    the calibration `batches`, exactly as the streamed export does: each layer reads the scaled and unrounded
-    outputs of the layer before."""
+def calibrate_model(model, config: dict[str, Any], batches, preset: Preset, step=None) -> list[float]:
+    """Calibrate every decoder layer of the (rotated) transformers `model` in place, one layer at a time as the
+    streamed export does (calibrate_layer), from the calibration `batches`; the α used at each site. `step`
+    (a progress step) is told of each layer done."""
     import torch
-
-    from qrr.quant.gptq import description
 
     runner = LayerRunner(config)
     with torch.no_grad():
         hidden = [model.model.embed_tokens(b["input_ids"]) for b in batches]
-    for layer in model.model.layers:
-        hidden = round_by_gptq(runner, layer, hidden, batches)
-    return description()
+    alphas: list[float] = []
+    for i, layer in enumerate(model.model.layers):
+        hidden, chosen = calibrate_layer(runner, layer, i, hidden, batches, preset)
+        alphas += chosen
+        if step is not None:
+            step.update(1)
+    return alphas
+
+
+def calibration_summary(preset: Preset, alphas: list[float], calibration, batches) -> dict[str, Any]:
+    """What calibration did, for the manifest: the scales' method and α, the rounding, the pairs."""
+    from qrr.quant import gptq, smooth
+
+    info: dict[str, Any] = {}
+    if preset.method == "smoothquant":
+        info.update(smooth.smoothquant_info(preset.alpha, alphas, preset.sites))
+    elif preset.scaling:
+        info.update(smooth.awq_info(alphas, preset.bits, preset.block_size, preset.sites))
+    if preset.gptq:
+        info["rounding"] = gptq.description(preset.nbits)
+    info["calibration"] = calibration_info(calibration, batches)
+    return info
 
 
 def _rename(name: str, scope: str, i: int) -> str:

@@ -115,22 +115,9 @@ class LayerRecorder:
 
 
 @torch.no_grad()
-def collect_stats(model, batches: Iterable[dict[str, torch.Tensor]], sample_rows: int = 512) -> list[dict[str, SiteStats]]:
-    """Run the calibration batches (input_ids, attention_mask) and record every site's input statistics."""
-    recorders = [LayerRecorder(layer, i, sample_rows) for i, layer in enumerate(model.model.layers)]
-    try:
-        for batch in batches:
-            for r in recorders:
-                r.mask = batch["attention_mask"]
-            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    finally:
-        stats = [r.close() for r in recorders]
-    return stats
-
-
-@torch.no_grad()
-def fold(layer, site: str, scale: torch.Tensor) -> None:
-    """Divide the site's activations by `scale` per channel and multiply the reading weights' columns by it."""
+def fold(layer, site: str, scale: torch.Tensor) -> torch.Tensor:
+    """Divide the site's activations by `scale` per channel and multiply the reading weights' columns by it;
+    returns the scale per input channel of the readers."""
     scale = scale.to(torch.float32)
     mlp = layer.mlp
     if site == "attn":
@@ -143,8 +130,10 @@ def fold(layer, site: str, scale: torch.Tensor) -> None:
         layer.self_attn.v_proj.weight.div_(scale[:, None])
     else:
         raise ValueError(f"unknown site {site!r}")
+    wide = _expand(layer, site, scale)
     for proj in _site_modules(layer)[site][1]:
-        proj.weight.mul_(_expand(layer, site, scale)[None, :])
+        proj.weight.mul_(wide[None, :])
+    return wide
 
 
 def fake_quant(weight: torch.Tensor, bits: int, block: int, symmetric: bool) -> torch.Tensor:
@@ -180,17 +169,6 @@ def kernel_matmul(x: torch.Tensor, weight: torch.Tensor, *, kernel: str, bits: i
 ALPHAS = tuple(k / 10 for k in range(11))  # the grid of the searched migration strength
 
 
-@torch.no_grad()
-def smoothquant(model, stats: list[dict[str, SiteStats]], alpha: float | None = 0.5, sites: tuple[str, ...] = SITES,
-                **kernel) -> dict:
-    """SmoothQuant scales at `sites`; flattens activation outliers before int8 activation quantization. alpha None
-    searches it per site (smoothquant_layer; `kernel` says how the kernel rounds)."""
-    chosen = []
-    for layer, layer_stats in zip(model.model.layers, stats):
-        chosen += smoothquant_layer(layer, layer_stats, alpha, sites, **kernel)
-    return smoothquant_info(alpha, chosen, sites)
-
-
 def smoothquant_info(alpha: float | None, chosen: list[float], sites: tuple[str, ...]) -> dict:
     info = {"method": "smoothquant", "alpha": "searched per site" if alpha is None else alpha, "sites": list(sites)}
     if alpha is None and chosen:
@@ -201,13 +179,14 @@ def smoothquant_info(alpha: float | None, chosen: list[float], sites: tuple[str,
 @torch.no_grad()
 def smoothquant_layer(layer, stats: dict[str, SiteStats], alpha: float | None = 0.5, sites: tuple[str, ...] = SITES,
                       *, kernel: str = "rowwise", bits: int = 8, block: int = 32, symmetric: bool = True,
-                      accuracy_level: int = 4) -> list[float]:
+                      accuracy_level: int = 4, applied: dict[str, torch.Tensor] | None = None) -> list[float]:
     """SmoothQuant scales s = max|x|^α / max|w|^(1-α) folded into one layer; the α used at each site.
 
     With alpha None, α is searched per site over ALPHAS: the one whose output on the site's calibration rows is
     closest to the unquantized output once both the activations and the weights are rounded as `kernel` rounds
     them (kernel_matmul). A fixed α suits one outlier strength; the search lets a 300x channel move more of its
-    range into the weights than a 10x one, at each site of each layer."""
+    range into the weights than a 10x one, at each site of each layer. `applied` receives each site's scale per
+    input channel (fold)."""
     chosen = []
     for site in sites:
         readers = _site_modules(layer)[site][1]
@@ -231,20 +210,11 @@ def smoothquant_layer(layer, stats: dict[str, SiteStats], alpha: float | None = 
                           for w, ref in zip(weights, reference))
                 errors.append((err, a))
             best = min(errors)[1]  # ties: the smaller α
-        fold(layer, site, scale(best))
+        wide = fold(layer, site, scale(best))
+        if applied is not None:
+            applied[site] = wide
         chosen.append(best)
     return chosen
-
-
-@torch.no_grad()
-def awq(model, stats: list[dict[str, SiteStats]], *, bits: int = 4, block: int = 32, symmetric: bool = False,
-        grid: int = 11, sites: tuple[str, ...] = SITES) -> dict:
-    """AWQ-style scales at `sites`: s = mean|x|^α, α per site from a grid, chosen by the output error once the
-    weights are quantized."""
-    chosen = []
-    for layer, layer_stats in zip(model.model.layers, stats):
-        chosen += awq_layer(layer, layer_stats, bits=bits, block=block, symmetric=symmetric, grid=grid, sites=sites)
-    return awq_info(chosen, bits, block, sites)
 
 
 def awq_info(alphas: list[float], bits: int, block: int, sites: tuple[str, ...]) -> dict:
@@ -254,8 +224,9 @@ def awq_info(alphas: list[float], bits: int, block: int, sites: tuple[str, ...])
 
 @torch.no_grad()
 def awq_layer(layer, stats: dict[str, SiteStats], *, bits: int = 4, block: int = 32, symmetric: bool = False,
-              grid: int = 11, sites: tuple[str, ...] = SITES) -> list[float]:
-    """AWQ scales folded into one layer; the α chosen at each site."""
+              grid: int = 11, sites: tuple[str, ...] = SITES, applied: dict[str, torch.Tensor] | None = None
+              ) -> list[float]:
+    """AWQ scales folded into one layer; the α chosen at each site (`applied`: as smoothquant_layer)."""
     chosen = []
     for site in sites:
         st = stats[site]
@@ -275,6 +246,8 @@ def awq_layer(layer, stats: dict[str, SiteStats], *, bits: int = 4, block: int =
                 err += ((x / wide) @ wq.T - ref).pow(2).mean().item()
             if err < best[0]:
                 best = (err, alpha, s)
-        fold(layer, site, best[2])
+        wide = fold(layer, site, best[2])
+        if applied is not None:
+            applied[site] = wide
         chosen.append(best[1])
     return chosen

@@ -275,50 +275,68 @@ def _correlated_inputs(rows: int, width: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(rows, width, generator=torch.Generator().manual_seed(seed)) @ mix.T
 
 
-def test_gptq_rounding_lies_on_the_rowwise_grid_and_lowers_the_output_error():
-    """GPTQ's weights are integer multiples of the rowwise kernel's per-channel scale (so the quantizer stores
-    them unchanged), and on inputs like its calibration ones the layer's output moves less than with
+def _grid(kind: str, weight):
+    from qrr.quant.gptq import nbits_grid, rowwise_grid
+
+    return rowwise_grid(weight) if kind == "rowwise" else nbits_grid(weight, 4, 32)
+
+
+@pytest.mark.parametrize("kind", ["rowwise", "int4"])
+def test_gptq_rounding_lies_on_the_grid_and_lowers_the_output_error(kind):
+    """GPTQ's weights are grid values of the kernel's format (the weights that fix each block's range kept as
+    they are), and on inputs like its calibration ones the layer's output moves less than with
     round-to-nearest, by a wide margin."""
-    from qrr.quant.gptq import gptq_round, grid_scale
+    from qrr.quant.gptq import gptq_round
 
     gen = torch.Generator().manual_seed(1)
     weight = torch.randn(96, 64, generator=gen) * 0.05
     calibration, held_out = _correlated_inputs(2048, 64, seed=2), _correlated_inputs(512, 64, seed=3)
-    rounded = gptq_round(weight, calibration.double().T @ calibration.double())
-    scale = grid_scale(weight)[:, None]
-    codes = rounded / scale
-    assert torch.equal(grid_scale(rounded), grid_scale(weight))
-    assert (codes - codes.round()).abs().max() < 1e-4 and codes.round().abs().max() == 127
-    nearest = torch.clamp(torch.round(weight / scale), -127, 127) * scale
+    grid = _grid(kind, weight)
+    rounded = gptq_round(weight, calibration.double().T @ calibration.double(), grid)
+    assert torch.equal(rounded[grid.keep], weight[grid.keep])
+    blocks = torch.arange(64) // grid.block
+    scale, zero = grid.scale[:, blocks], grid.zero[:, blocks]
+    codes = rounded / scale + zero
+    assert ((codes - codes.round()).abs()[~grid.keep]).max() < 1e-3
+    assert (codes.round() >= grid.codes[0]).all() and (codes.round() <= grid.codes[1]).all()
+    nearest = (torch.clamp(torch.round(weight / scale + zero), *grid.codes) - zero) * scale
     exact = held_out @ weight.T
     gptq_err = (held_out @ rounded.T - exact).pow(2).mean()
     nearest_err = (held_out @ nearest.T - exact).pow(2).mean()
-    assert gptq_err < 0.5 * nearest_err, (gptq_err, nearest_err)
+    assert gptq_err < 0.6 * nearest_err, (gptq_err, nearest_err)
 
 
-def test_the_rowwise_quantizer_stores_gptq_weights_exactly():
-    """The ONNX quantizer, which derives each column's scale from the weights it is given, keeps every value GPTQ
-    chose: the dequantized int8 weight equals the GPTQ weight."""
+@pytest.mark.parametrize("kind", ["rowwise", "int4"])
+def test_the_quantizers_store_gptq_weights_exactly(kind):
+    """The ONNX quantizers, which derive their scales and zero points from the weights they are given, keep
+    every value GPTQ chose: the graph multiplies by exactly the GPTQ weight (the weights that fix the ranges
+    rounded as round-to-nearest would)."""
     import numpy as np
+    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     from qrr.quant.gptq import gptq_round
     from qrr.quant.onnx_quant import quantize_linear
 
     gen = torch.Generator().manual_seed(4)
-    weight = torch.randn(48, 32, generator=gen)
-    x = _correlated_inputs(1024, 32, seed=5).double()
-    rounded = gptq_round(weight, x.T @ x).numpy()
+    weight = torch.randn(48, 64, generator=gen)
+    x = _correlated_inputs(1024, 64, seed=5).double()
+    grid = _grid(kind, weight)
+    rounded = gptq_round(weight, x.T @ x, grid)
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", 32])],
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", 64])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", 48])],
-                              initializer=[numpy_helper.from_array(np.ascontiguousarray(rounded.T), "w")])
-    model, _ = quantize_linear(helper.make_model(graph), bits=8, block_size=32, symmetric=True, accuracy_level=4,
-                               method="rtn", kernel="rowwise")
-    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    (codes,) = [v for k, v in inits.items() if k.endswith("_w_q")]
-    (scales,) = [v for k, v in inits.items() if k.endswith("_w_s")]
-    np.testing.assert_array_equal(codes.astype(np.float32) * scales, rounded.T)
+                              initializer=[numpy_helper.from_array(np.ascontiguousarray(rounded.numpy().T), "w")])
+    model, _ = quantize_linear(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), bits=8 if
+                               kind == "rowwise" else 4, block_size=32, symmetric=kind == "rowwise", accuracy_level=0,
+                               method="rtn", kernel="rowwise" if kind == "rowwise" else "matmulnbits")
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    stored = torch.from_numpy(session.run(None, {"x": np.eye(64, dtype=np.float32)})[0]).T  # [48, 64]
+    blocks = torch.arange(64) // grid.block
+    scale, zero = grid.scale[:, blocks], grid.zero[:, blocks]
+    expected = torch.where(grid.keep, (torch.clamp(torch.round(weight / scale + zero), *grid.codes) - zero) * scale,
+                           rounded)
+    torch.testing.assert_close(stored, expected, rtol=1e-6, atol=0)
 
 
 def test_int8_rounds_by_gptq_unless_told_otherwise(trained, tmp_path):
@@ -329,8 +347,9 @@ def test_int8_rounds_by_gptq_unless_told_otherwise(trained, tmp_path):
     assert preset_for("int8", method="rtn").rounding == "nearest"
     assert preset_for("int8", method="rtn", rounding="gptq", calibration="pairs.jsonl").rounding == "gptq"
     assert preset_for("int4").rounding == "nearest"
+    assert preset_for("int4", rounding="gptq").nbits == (4, 32)
     with pytest.raises(QrrError, match="rowwise kernel's grid"):
-        preset_for("int8", kernel="matmulnbits", rounding="gptq")
+        preset_for("int8", kernel="matmulnbits", rounding="gptq")  # the int8 preset's blocks are symmetric
     with pytest.raises(QrrError, match="unknown rounding"):
         preset_for("int8", rounding="stochastic")
     with pytest.raises(QrrError, match="uses none"):
