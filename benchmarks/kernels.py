@@ -2,6 +2,7 @@
 
     python benchmarks/kernels.py [--m 256 4096] [--repeat 10] [--out benchmarks/results]
     python benchmarks/kernels.py --shapes q/k/v --m 430 --repeat 20 --out out/kernels   # what float q/k/v costs
+    python benchmarks/kernels.py --variants rowq_mitf_u8 nbits8_b32 nbits4_b32 nbits4_b128 --m 256   # int4 vs int8
 
 Each variant is a tiny in-memory ONNX graph holding one [K, N] weight, fed x [M, K] float32, run by onnxruntime's
 CPU provider with 2 intra-op threads (inter-op 1, sequential, ORT_ENABLE_ALL), on the Qwen3-0.6B layer shapes
@@ -15,6 +16,7 @@ Variants:
                 quantized to int8 inside the kernel, per row and per block of B); B = 32, 128, 256 and K's largest
                 power-of-two divisor (bK)
   nbits8_b32_float  the same at blocks of 32 with accuracy_level 0: float activations, int8 weights
+  nbits4_bB     MatMulNBits, 4-bit asymmetric weights in blocks of B (the int4 preset's at B = 32), accuracy_level 4
   rowq_mmi_u8   per-row int8 from standard ops: s = max|x_row|/127, QuantizeLinear(axis 0, zero point 128, uint8),
                 MatMulInteger with int8 per-column weights, Cast, x row scales, x column scales
   rowq_mmi_s8   the same with x quantized to int8 (zero point 0): MatMulInteger int8 x int8
@@ -91,17 +93,19 @@ def dqmm(W) -> onnx.ModelProto:
         return onnx.load(dst)
 
 
-def matmul_nbits(W, block, level=4) -> onnx.ModelProto:
+def matmul_nbits(W, block, level=4, bits=8, symmetric=True) -> onnx.ModelProto:
     """MatMulNBitsQuantizer's graph at `accuracy_level` `level` (4: int8 activations per block, 0: float
-    activations); where the quantizer refuses the block size, the same node built by hand."""
+    activations); where the quantizer refuses the block size, the same node built by hand (8-bit symmetric)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    cfg = DefaultWeightOnlyQuantConfig(bits=8, block_size=block, is_symmetric=True, accuracy_level=level)
+    cfg = DefaultWeightOnlyQuantConfig(bits=bits, block_size=block, is_symmetric=symmetric, accuracy_level=level)
     try:
         quantizer = MatMulNBitsQuantizer(fp32_matmul(W), algo_config=cfg)
         quantizer.process()
         return quantizer.model.model
     except Exception as exc:  # noqa: BLE001 - the message is the finding
+        if (bits, symmetric) != (8, True):
+            raise
         refusal = f"MatMulNBitsQuantizer refused block_size={block}: {str(exc).strip()}"
     K, N = W.shape
     blocks = W.T.reshape(N, K // block, block)  # [N, blocks, block]: the node's layout, weights stored +128
@@ -165,6 +169,8 @@ VARIANTS = {  # name -> (builder(W), activation-scale granularity)
     "nbits8_b256": (lambda W: matmul_nbits(W, 256), "row x 256"),
     "nbits8_bK": (lambda W: matmul_nbits(W, _pow2_divisor(W.shape[0])), "row x pow2|K"),
     "nbits8_b32_float": (lambda W: matmul_nbits(W, 32, level=0), "float"),
+    "nbits4_b32": (lambda W: matmul_nbits(W, 32, bits=4, symmetric=False), "row x 32"),
+    "nbits4_b128": (lambda W: matmul_nbits(W, 128, bits=4, symmetric=False), "row x 128"),
     "rowq_mmi_u8": (lambda W: rowq_mmi(W, False), "row"),
     "rowq_mmi_s8": (lambda W: rowq_mmi(W, True), "row"),
     "rowq_mitf_u8": (lambda W: rowq_mitf(W, False), "row"),
@@ -396,7 +402,11 @@ def main():
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--shapes", nargs="+", choices=[*SHAPES, *EXTRA_SHAPES], default=list(SHAPES),
                     help="layer shapes (default: the four of a 0.6B layer; q/k/v: the three projections of one input)")
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                    help="the variants to run (default: all)")
     args = ap.parse_args()
+    for name in set(VARIANTS) - set(args.variants):
+        del VARIANTS[name]
     logging.disable(logging.WARNING)  # quantize_dynamic's pre-processing advice, quantizer progress
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
