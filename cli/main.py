@@ -142,7 +142,8 @@ def _export(args: argparse.Namespace) -> int:
         run = lambda: export_openvino(args.source, args.output, stream=args.stream, **options)  # noqa: E731
     else:
         run = lambda: export_onnx(args.source, args.output, accuracy_level=args.accuracy_level,  # noqa: E731
-                                  kernel=args.kernel, rounding=args.rounding, stream=args.stream, attention=args.attention, **options)
+                                  kernel=args.kernel, rounding=args.rounding, stream=args.stream,
+                                  attention=args.attention, **options)
     try:
         run()
     except ImportError as exc:  # torch, transformers or onnx missing or broken

@@ -22,8 +22,8 @@ BLOCK_SIZES = (16, 32, 64, 128, 256)
 ACCURACY_LEVELS = (0, 4)  # onnxruntime MatMulNBits: 0 float activations, 4 int8 activations (VNNI)
 KERNELS = ("rowwise", "matmulnbits")  # int8 per row × per column (integer GEMM), or MatMulNBits blocks
 ATTENTIONS = ("gqa", "ops")  # the ONNX graph's attention: onnxruntime's GroupQueryAttention, or standard ops
-SITES = ("attn", "mlp", "down", "vo")
-ROUNDINGS = ("nearest", "gptq")  # how weights meet the grid: each on its own, or GPTQ (qrr.quant.gptq; rowwise only)  # where activation-aware scales are folded (qrr.quant.smooth)
+SITES = ("attn", "mlp", "down", "vo")  # where activation-aware scales are folded (qrr.quant.smooth)
+ROUNDINGS = ("nearest", "gptq")  # how weights meet the grid: each on its own, or GPTQ (qrr.quant.gptq)
 CALIBRATION_PAIRS = 64
 # Largest allowed |ΔP(yes)| of any evaluation pair against the reference, per precision (README, "Validation").
 DEFAULT_MAX_DROP = {"fp32": 1e-3, "fp16": 0.01, "int8": 0.03, "int4": 0.1}
