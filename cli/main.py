@@ -94,9 +94,10 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
                         "independent of the batch), matmulnbits = MatMulNBits blocks (default: "
                         f"{PRESETS['int8'].kernel})")
     p.add_argument("--rounding", choices=ROUNDINGS, default=None,
-                   help="ONNX int8 only: how weights meet the int8 grid: gptq = each layer's rounding errors "
+                   help="ONNX int8/int4: how weights meet their grid: gptq = each layer's rounding errors "
                         "compensated on the calibration pairs (slower export, same artifact size and speed), "
-                        f"nearest = each weight on its own (default: {PRESETS['int8'].rounding})")
+                        f"nearest = each weight on its own (default: {PRESETS['int8'].rounding} for int8, "
+                        f"{PRESETS['int4'].rounding} for int4)")
     p.add_argument("--attention", choices=ATTENTIONS, default=None,
                    help="ONNX only: ops = standard ONNX ops, gqa = onnxruntime's GroupQueryAttention (CPU only; "
                         "faster on long documents, slower on many short ones) (default: ops)")

@@ -74,6 +74,7 @@ def test_bad_jsonl_line(fp32_artifact, tmp_path, capsys):
         ["SRC", "-o", "out", "--quant", "int8", "--accuracy-level", "2"],
         ["SRC", "-o", "out", "--reference-dtype", "float16"],
         ["SRC", "-o", "out", "--max-pairs", "0"],
+        ["SRC", "-o", "out", "--quant", "int8", "--rounding", "stochastic"],
     ],
 )
 def test_export_parser_refuses_unknown_values(argv, capsys):
@@ -288,3 +289,15 @@ def test_rerank_warns_when_documents_are_truncated_away(fp32_artifact, docs_file
     warning = [line for line in captured.err.splitlines() if line.startswith("qrr: warning:")]
     assert len(warning) == 1 and "kept fewer than 8" in warning[0]
     assert all(r["truncated"] for r in json.loads(captured.out)["results"])
+
+
+def test_rounding_reaches_the_onnx_exporter_and_openvino_refuses_it(monkeypatch, capsys):
+    pytest.importorskip("torch")
+    import qrr.export
+
+    calls = []
+    monkeypatch.setattr(qrr.export, "export_onnx", lambda source, out, **options: calls.append(options))
+    assert export_main(["SRC", "-o", "out", "--quant", "int8", "--rounding", "nearest"]) == 0
+    assert calls[0]["rounding"] == "nearest"
+    assert export_main(["SRC", "-o", "out", "--format", "openvino", "--quant", "int8", "--rounding", "gptq"]) == 2
+    assert "--rounding is an onnxruntime setting" in capsys.readouterr().err
