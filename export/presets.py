@@ -59,7 +59,7 @@ class Preset:
     sites: tuple[str, ...] = SITES
     embedding_block: int | None = 32  # None: one scale per embedding row
     alpha: float | None = 0.5  # SmoothQuant's migration strength; None: searched per site (qrr.quant.smooth)
-    rounding: str = "nearest"  # "gptq": error-compensating rounding onto the rowwise kernel's grid (qrr.quant.gptq)
+    rounding: str = "nearest"  # "gptq": error-compensating rounding onto the kernel's grid (qrr.quant.gptq)
 
     def with_overrides(
         self,

@@ -502,9 +502,8 @@ def calibrate_layer(runner: LayerRunner, layer, index: int, hidden, batches, pre
     if preset.gptq:
         covariances = gathered[-1]
         for site, scale in applied.items():  # x / s per channel: xᵀx / (s_i s_j)
-            if site in covariances:
-                s = scale.double()
-                covariances[site] /= s[:, None] * s[None, :]
+            s = scale.double()
+            covariances[site] /= s[:, None] * s[None, :]
         gptq.round_layer(layer, covariances, preset.nbits)
     return out, alphas
 

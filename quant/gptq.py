@@ -27,25 +27,20 @@ import torch
 from .smooth import _site_modules
 
 DAMP = 0.01  # added to H's diagonal, as a share of its mean: keeps the inverse well conditioned
-# The inputs whose readers GPTQ rounds (qrr.quant.smooth's sites): all of them. down_proj's input is the MLP's
-# width (3072 on the 0.6B, 9728 on the 4B, 12288 on the 8B), so its H is the costliest part (K² per token, then
-# a K³ factorization per layer); rounding it to nearest instead was tried and made the 0.6B-shaped stand-in's
-# mean |ΔP| worse than rounding everything to nearest (README, "Quantization").
-SITES = ("attn", "vo", "mlp", "down")
 BLOCK = 128  # columns rounded between two updates of the rest (the lazy batch update; the result is the same)
 QMAX = 127
 
 
 class CovarianceRecorder:
-    """Forward hooks that sum xᵀx (float32) of the inputs of one decoder layer's linear layers that GPTQ rounds,
-    per shared input (SITES). `mask` (set per batch) selects the real tokens."""
+    """Forward hooks that sum xᵀx (float32) of the inputs of one decoder layer's linear layers, per shared
+    input (qrr.quant.smooth's sites: q/k/v, o, gate/up, down). `mask` (set per batch) selects the real tokens."""
 
     def __init__(self, layer) -> None:
         self.mask: torch.Tensor | None = None
         self.sums: dict[str, torch.Tensor] = {}
         self.rows: dict[str, int] = {}
         self.hooks = [reader.register_forward_hook(self._hook(site)) for site, (reader, _) in
-                      _site_modules(layer).items() if site in SITES]
+                      _site_modules(layer).items()]
 
     def _hook(self, site: str):
         def fn(module, inputs, output):
@@ -181,11 +176,14 @@ def _inverse_factor(H: torch.Tensor, damp: float) -> torch.Tensor:
 @torch.no_grad()
 def round_layer(layer, covariances: dict[str, torch.Tensor], nbits: tuple[int, int] | None = None,
                 damp: float = DAMP) -> None:
-    """Replace the linear weights of the decoder `layer` that read the SITES by their GPTQ rounding, from their
-    input's H: onto the rowwise int8 grid, or with `nbits` = (bits, block) onto MatMulNBits' asymmetric one."""
+    """Replace every linear weight of the decoder `layer` by its GPTQ rounding, from its input's H: onto the
+    rowwise int8 grid, or with `nbits` = (bits, block) onto MatMulNBits' asymmetric one.
+
+    down_proj included: its input is the MLP's width (3072 on the 0.6B, 9728 on the 4B, 12288 on the 8B), so its
+    H is the costliest part (K² per token, then a K³ factorization per layer), but rounding it to nearest instead
+    made the 0.6B-shaped stand-in's mean |ΔP| worse than rounding everything to nearest (README, "Quantization").
+    """
     for site, (_, projections) in _site_modules(layer).items():
-        if site not in SITES:
-            continue
         weights = [p.weight for p in projections]
         weight = torch.cat(weights)
         grid = rowwise_grid(weight) if nbits is None else nbits_grid(weight, *nbits)

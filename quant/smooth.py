@@ -20,7 +20,6 @@ smallest output error once the weights are quantized. Both need calibration acti
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -74,8 +73,8 @@ class LayerRecorder:
     """Forward hooks on one layer's site readers that accumulate the sites' input statistics.
 
     `mask` (set per batch) selects the real tokens of a [batch, length] input. The rows kept as a sample are
-    drawn with a generator seeded by the layer's index and the site, so the statistics of a layer are the
-    same whether the model runs whole or one layer at a time (qrr.export.streamed_export).
+    drawn with a generator seeded by the layer's index and the site, so a layer's statistics do not depend on
+    which export path runs it (qrr.export.streamed_export.calibrate_layer).
     """
 
     def __init__(self, layer, index: int, sample_rows: int = 512) -> None:
