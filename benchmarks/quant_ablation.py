@@ -8,7 +8,7 @@ in 8-bit blocks of 32. Max |ΔP| against the unquantized checkpoint, per variant
   all            every linear layer and the embedding, as the artifact exported with `--rounding nearest` (matches
                  its figure; the default GPTQ rounding moves the weights, not the inputs this ablation splits)
   emb            the embedding only
-  qkv, o, gateup, down     those projections only (activations and weights)
+  qkv, q, k, v, o, gateup, down     those projections only (activations and weights)
   qkv-act, qkv-wt          q/k/v activations only, weights only
   all-but-qkv    everything except q/k/v, which keep float activations and weights
   qkv-float-act  everything, but q/k/v read float activations (weights int8 per column)
@@ -34,6 +34,9 @@ VARIANTS = {
     "all": ({p: (True, True) for p in LINEAR}, True),
     "emb": ({}, True),
     "qkv": ({p: (True, True) for p in QKV}, False),
+    "q": ({"q_proj": (True, True)}, False),
+    "k": ({"k_proj": (True, True)}, False),
+    "v": ({"v_proj": (True, True)}, False),
     "o": ({"o_proj": (True, True)}, False),
     "gateup": ({p: (True, True) for p in ("gate_proj", "up_proj")}, False),
     "down": ({"down_proj": (True, True)}, False),
@@ -43,31 +46,60 @@ VARIANTS = {
     "qkv-float-act": ({p: (p not in QKV, True) for p in LINEAR}, True),
     "k-act": ({"k_proj": (True, False)}, False),
     "fp16": ({p: ("fp16", "fp16") for p in LINEAR}, False),
+    # mixed precision for the int4 preset: some projections' weights (and the embedding) at 8 bits
+    "kv8": ({p: (True, 8 if p in ("k_proj", "v_proj") else True) for p in LINEAR}, True),
+    "kv8-emb8": ({p: (True, 8 if p in ("k_proj", "v_proj") else True) for p in LINEAR}, 8),
+    "qkv8-emb8": ({p: (True, 8 if p in QKV else True) for p in LINEAR}, 8),
+    "k8-emb8": ({p: (True, 8 if p == "k_proj" else True) for p in LINEAR}, 8),
+    "emb8": ({p: (True, True) for p in LINEAR}, 8),
+    "kv8-q16-emb8": ({p: (True, 8 if p in ("k_proj", "v_proj") else (4, 16) if p == "q_proj" else True)
+                      for p in LINEAR}, 8),
 }
 
 
-def embedding_blocks(table, block: int = 32):
-    """The table as the artifact's 8-bit GatherBlockQuantized holds it (qrr.quant.onnx_quant.embedding_blocks),
+def embedding_blocks(table, block: int = 32, bits: int = 8):
+    """The table as the artifact's GatherBlockQuantized holds it at `bits` (qrr.quant.onnx_quant.embedding_blocks),
     dequantized."""
+    import numpy as np
     import torch
 
     from qrr.quant.onnx_quant import embedding_blocks as quantize
 
-    values, scale, zero = quantize(table.detach().numpy(), block, bits=8)
+    values, scale, zero = quantize(table.detach().numpy(), block, bits=bits)
+    if bits == 4:  # two to a byte, low nibble first
+        values = np.stack([values & 15, values >> 4], -1).reshape(values.shape[0], -1)
+        zero = np.stack([zero & 15, zero >> 4], -1).reshape(zero.shape[0], -1)[:, : scale.shape[1]]
     rows, cols = table.shape
     codes = values.reshape(rows, cols // block, block).astype("float32") - zero[..., None]
     return torch.from_numpy((codes * scale[..., None]).reshape(rows, cols))
 
 
-def hook(acts: bool | str, weights: bool | str):
+def hook(acts: bool | str, weights: bool | str, preset):
+    """The projection as `preset`'s kernel rounds it (qrr.quant.smooth.kernel_matmul), its activations and its
+    weights each rounded or not: rowwise, int8 per row × int8 per output column; matmulnbits, `bits` in blocks
+    and (accuracy level 4) int8 activations per block of the same size."""
     from qrr.quant.smooth import fake_quant
+
+    rowwise = preset.kernel == "rowwise"
 
     def forward(module, inputs, output):
         x = inputs[0]
         rows = x.reshape(-1, x.shape[-1])
-        xq = rows.half().float() if acts == "fp16" else fake_quant(rows, 8, rows.shape[1], True) if acts else rows
+        act_block = rows.shape[1] if rowwise else preset.block_size
+        if acts == "fp16":
+            xq = rows.half().float()
+        elif acts and (rowwise or preset.accuracy_level == 4):
+            xq = fake_quant(rows, 8, act_block, True)
+        else:
+            xq = rows
         w = module.weight
-        w = w.half().float() if weights == "fp16" else fake_quant(w, 8, w.shape[1], True) if weights else w
+        if weights == "fp16":
+            w = w.half().float()
+        elif weights:  # True: the preset's grid; a number: that many bits on it; (bits, block): that grid
+            bits, block = ((preset.bits, preset.block_size) if weights is True else
+                           (weights, preset.block_size) if isinstance(weights, int) else weights)
+            w = (fake_quant(w, 8, w.shape[1], True) if rowwise
+                 else fake_quant(w, bits, block, preset.symmetric))
         return (xq @ w.T).reshape(*x.shape[:-1], -1)
 
     return forward
@@ -77,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", nargs="+", type=Path)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--preset", choices=("int8", "int4"), default="int8",
+                        help="whose rotation, scales and grid to emulate (default int8)")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -106,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         folded = copy.deepcopy(ref.model)
         rotate(folded)
         # the preset's rotation and scales; the variants round weights to nearest (the preset with --rounding nearest)
-        preset = dataclasses.replace(PRESETS["int8"], rounding="nearest")
+        preset = dataclasses.replace(PRESETS[args.preset], rounding="nearest")
         calibrate_model(folded, checkpoint.config, calibration_batches(ref.tokenizer, None, 8192), preset)
         row = {"checkpoint": str(path)}
         for name in args.variants:
@@ -115,10 +149,12 @@ def main(argv: list[str] | None = None) -> int:
             for module_name, module in model.named_modules():
                 short = module_name.rsplit(".", 1)[-1]
                 if isinstance(module, torch.nn.Linear) and short in linear:
-                    module.register_forward_hook(hook(*linear[short]))
-            if embedding:
+                    module.register_forward_hook(hook(*linear[short], preset))
+            if embedding:  # True: the preset's embedding bits; a number: that many
                 with torch.no_grad():
-                    model.model.embed_tokens.weight.copy_(embedding_blocks(model.model.embed_tokens.weight))
+                    bits = preset.embedding_bits if embedding is True else embedding
+                    model.model.embed_tokens.weight.copy_(embedding_blocks(model.model.embed_tokens.weight,
+                                                                           preset.embedding_block or 32, bits))
             row[name] = round(float(np.abs(scores(model) - exact).max()), 4)
         print(json.dumps(row), flush=True)
     return 0

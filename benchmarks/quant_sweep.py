@@ -46,6 +46,7 @@ def schemes() -> dict[str, tuple[str, object]]:
         "int4-previous": ("int4", dataclasses.replace(int4, rotate=False, sites=("attn", "mlp", "down"))),
         "int4-all-sites": ("int4", dataclasses.replace(int4, sites=("attn", "mlp", "down", "vo"))),
         "int4-embedding8": ("int4", dataclasses.replace(int4, embedding_bits=8)),
+        "int4-uniform": ("int4", dataclasses.replace(int4, eight_bit=(), embedding_bits=4)),
         "int4-gptq": ("int4", dataclasses.replace(int4, rounding="gptq")),
         "int4-nearest": ("int4", dataclasses.replace(int4, rounding="nearest")),
     }

@@ -20,6 +20,7 @@ from qrr.export.presets import (
     ATTENTIONS,
     BLOCK_SIZES,
     DEFAULT_MAX_DROP,
+    EIGHT_BIT_PARTS,
     FORMATS,
     KERNELS,
     METHODS,
@@ -27,6 +28,7 @@ from qrr.export.presets import (
     PRESETS,
     REFERENCE_DTYPES,
     ROUNDINGS,
+    parse_eight_bit,
 )
 from qrr.export.standin import SHAPES
 from qrr.runtime.bench import WORKLOADS
@@ -50,6 +52,13 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _eight_bit(text: str) -> tuple[str, ...]:
+    try:
+        return parse_eight_bit(text)
+    except QrrError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_float(text: str) -> float:
@@ -98,6 +107,10 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
                         "compensated on the calibration pairs (slower export, same artifact size and speed), "
                         f"nearest = each weight on its own (default: {PRESETS['int8'].rounding} for int8, "
                         f"{PRESETS['int4'].rounding} for int4)")
+    p.add_argument("--eight-bit", type=_eight_bit, default=None, metavar="PARTS",
+                   help="int4 only: what stays at 8 bits, comma-separated from " + ",".join(EIGHT_BIT_PARTS)
+                        + ", or none for 4 bits throughout (smallest, least faithful) (default: "
+                        + ",".join((*PRESETS["int4"].eight_bit, "embedding")) + ")")
     p.add_argument("--attention", choices=ATTENTIONS, default=None,
                    help="ONNX only: ops = standard ONNX ops, gqa = onnxruntime's GroupQueryAttention (CPU only; "
                         "faster on long documents, slower on many short ones) (default: ops)")
@@ -132,7 +145,7 @@ def _export(args: argparse.Namespace) -> int:
     options = dict(
         quant=args.quant, max_length=args.max_length, validate=not args.no_validate, max_drop=args.max_drop,
         data=args.data, reference_dtype=args.reference_dtype, max_pairs=args.max_pairs, revision=args.revision,
-        method=args.method, block_size=args.block_size,
+        method=args.method, block_size=args.block_size, eight_bit=args.eight_bit,
         rotate=args.rotate, calibration=args.calibration, progress=Progress(enabled=not args.quiet),
     )
     if args.format == "openvino":

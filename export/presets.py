@@ -24,6 +24,20 @@ KERNELS = ("rowwise", "matmulnbits")  # int8 per row × per column (integer GEMM
 ATTENTIONS = ("gqa", "ops")  # the ONNX graph's attention: onnxruntime's GroupQueryAttention, or standard ops
 SITES = ("attn", "mlp", "down", "vo")  # where activation-aware scales are folded (qrr.quant.smooth)
 ROUNDINGS = ("nearest", "gptq")  # how weights meet the grid: each on its own, or GPTQ (qrr.quant.gptq)
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+EIGHT_BIT_PARTS = (*PROJECTIONS, "embedding")  # what an int4 export may keep at 8 bits (--eight-bit)
+
+
+def parse_eight_bit(text: str) -> tuple[str, ...]:
+    """`--eight-bit`'s value: comma-separated names from EIGHT_BIT_PARTS, or "none" (everything at 4 bits)."""
+    if text.strip().lower() == "none":
+        return ()
+    parts = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+    unknown = [p for p in parts if p not in EIGHT_BIT_PARTS]
+    if unknown or not parts:
+        raise QrrError(f"unknown part {(unknown or [text])[0]!r} to keep at 8 bits; give a comma-separated list from "
+                       f"{', '.join(EIGHT_BIT_PARTS)}, or none")
+    return parts
 CALIBRATION_PAIRS = 64
 # Largest allowed |ΔP(yes)| of any evaluation pair against the reference, per precision (README, "Validation").
 DEFAULT_MAX_DROP = {"fp32": 1e-3, "fp16": 0.01, "int8": 0.03, "int4": 0.1}
@@ -60,6 +74,8 @@ class Preset:
     embedding_block: int | None = 32  # None: one scale per embedding row
     alpha: float | None = 0.5  # SmoothQuant's migration strength; None: searched per site (qrr.quant.smooth)
     rounding: str = "nearest"  # "gptq": error-compensating rounding onto the kernel's grid (qrr.quant.gptq)
+    # projections whose weights take 8 bits in the same blocks, in a 4-bit MatMulNBits preset (mixed precision)
+    eight_bit: tuple[str, ...] = ()
 
     def with_overrides(
         self,
@@ -70,9 +86,11 @@ class Preset:
         kernel: str | None = None,
         rotate: bool | None = None,
         rounding: str | None = None,
+        eight_bit: tuple[str, ...] | None = None,
     ) -> Preset:
         """This preset with the user's overrides, each checked against its choices. GPTQ rounding follows the
-        kernel and the method unless asked for: a MatMulNBits kernel or plain rounding (rtn, hqq) turns it off."""
+        kernel and the method unless asked for: a MatMulNBits kernel or plain rounding (rtn, hqq) turns it off.
+        `eight_bit` names what an int4 preset keeps at 8 bits (EIGHT_BIT_PARTS; () for none)."""
         for name, value, choices in (("method", method, METHODS), ("block size", block_size, BLOCK_SIZES),
                                      ("accuracy level", accuracy_level, ACCURACY_LEVELS), ("kernel", kernel, KERNELS),
                                      ("rounding", rounding, ROUNDINGS)):
@@ -82,6 +100,12 @@ class Preset:
             rounding = "nearest"
         changes = {"method": method, "block_size": block_size, "accuracy_level": accuracy_level, "kernel": kernel,
                    "rotate": rotate, "rounding": rounding}
+        if eight_bit is not None:
+            if self.bits != 4:
+                raise QrrError("--eight-bit mixes precisions in int4; int8 is 8-bit throughout")
+            parse_eight_bit(",".join(eight_bit) or "none")  # refuses unknown names
+            changes.update(eight_bit=tuple(p for p in eight_bit if p != "embedding"),
+                           embedding_bits=8 if "embedding" in eight_bit else 4)
         preset = dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
         if preset.kernel == "rowwise":
             if preset.bits != 8:
@@ -93,6 +117,12 @@ class Preset:
         return preset
 
     def __post_init__(self) -> None:
+        unknown = [p for p in self.eight_bit if p not in PROJECTIONS]
+        if unknown:
+            raise QrrError(f"unknown projection {unknown[0]!r} for 8-bit weights; choose from {', '.join(PROJECTIONS)}")
+        if self.eight_bit and (self.kernel != "matmulnbits" or self.bits != 4):
+            raise QrrError("8-bit projections mix precisions in a 4-bit MatMulNBits preset; this one is "
+                           f"{self.bits}-bit {self.kernel}")
         if self.rounding not in ROUNDINGS:
             raise QrrError(f"unknown rounding {self.rounding!r}; choose one of {', '.join(ROUNDINGS)}")
         if self.gptq and self.kernel != "rowwise" and (self.symmetric or self.method == "hqq"):
@@ -120,14 +150,20 @@ class Preset:
         """MatMulNBits' (bits, block), the grid GPTQ rounds onto; None for the rowwise kernel's."""
         return None if self.kernel == "rowwise" else (self.bits, self.block_size)
 
+    def bits_of(self, projection: str) -> int:
+        """The weight bits of one projection (q_proj … down_proj)."""
+        return 8 if projection in self.eight_bit else self.bits
+
 
 # Chosen by measurement over the stand-in family (benchmarks/quant_sweep.py, README "Quantization").
 PRESETS = {
     # rotation takes the outliers out of the inputs fed by the residual stream; scales cover the two outside it
     "int8": Preset(bits=8, block_size=32, symmetric=True, accuracy_level=4, embedding_bits=8, method="smoothquant",
                    kernel="rowwise", rotate=True, sites=("down", "vo"), rounding="gptq"),
-    "int4": Preset(bits=4, block_size=32, symmetric=False, accuracy_level=4, embedding_bits=4, method="awq",
-                   rotate=True, sites=("down", "vo")),
+    # 4-bit where the weights are (MLP, o_proj); q/k/v and the embedding at 8 bits in the same blocks: they
+    # moved the scores most at 4 bits (k_proj feeds Qwen3's per-head k_norm, which rescales its error)
+    "int4": Preset(bits=4, block_size=32, symmetric=False, accuracy_level=4, embedding_bits=8, method="awq",
+                   rotate=True, sites=("down", "vo"), eight_bit=("q_proj", "k_proj", "v_proj")),
 }
 
 
@@ -149,16 +185,17 @@ def preset_for(
     rotate: bool | None = None,
     rounding: str | None = None,
     calibration: object = None,
+    eight_bit: tuple[str, ...] | None = None,
 ) -> Preset | None:
     """The quantization preset of `precision` with overrides; None for fp32/fp16, which take none."""
     if precision not in PRESETS:
-        given = (method, block_size, accuracy_level, kernel, rotate, rounding, calibration)
+        given = (method, block_size, accuracy_level, kernel, rotate, rounding, calibration, eight_bit)
         if any(value is not None for value in given):
-            raise QrrError(f"method, block size, accuracy level, kernel, rotation, rounding and calibration apply to "
-                           f"int8 and int4, not {precision}")
+            raise QrrError(f"method, block size, accuracy level, kernel, rotation, rounding, calibration and 8-bit "
+                           f"parts apply to int8 and int4, not {precision}")
         return None
     preset = PRESETS[precision].with_overrides(method=method, block_size=block_size, accuracy_level=accuracy_level,
-                                               kernel=kernel, rotate=rotate, rounding=rounding)
+                                               kernel=kernel, rotate=rotate, rounding=rounding, eight_bit=eight_bit)
     if calibration is not None and not (preset.scaling or preset.gptq):
         raise QrrError(f"calibration pairs feed awq, smoothquant and gptq rounding; method {preset.method} with "
                        f"{preset.rounding} rounding uses none")

@@ -48,6 +48,7 @@ def export_onnx(
     rotate: bool | None = None,
     rounding: str | None = None,
     calibration: str | Path | None = None,
+    eight_bit: tuple[str, ...] | None = None,
     preset: Preset | None = None,
     stream: bool | None = None,
     attention: str | None = None,
@@ -59,7 +60,8 @@ def export_onnx(
     qrr.export.presets.PRESETS, which `method`, `block_size` and `accuracy_level` override, and `calibration`
     (JSON Lines pairs, default: the built-in set) feeds the activation-aware methods; `kernel` and `rotate`
     override the int8 kernel and the rotation, `rounding` how int8 weights meet their grid ("gptq", the int8
-    default, or "nearest"; qrr.quant.gptq). `preset` replaces the precision's preset whole (sweeps).
+    default, or "nearest"; qrr.quant.gptq), `eight_bit` what int4 keeps at 8 bits (presets.EIGHT_BIT_PARTS:
+    projections and "embedding"; () for none). `preset` replaces the precision's preset whole (sweeps).
     `attention` is how the graph computes attention (graph.ATTENTIONS): "ops", standard ONNX ops (the
     default), or "gqa", onnxruntime's GroupQueryAttention (CPU only in fp32: faster on long documents, slower
     on many short rows over a long shared past; README, "Measured").
@@ -74,7 +76,8 @@ def export_onnx(
     precision = precision_of(quant)
     if preset is None:
         preset = preset_for(precision, method=method, block_size=block_size, accuracy_level=accuracy_level,
-                            kernel=kernel, rotate=rotate, rounding=rounding, calibration=calibration)
+                            kernel=kernel, rotate=rotate, rounding=rounding, calibration=calibration,
+                            eight_bit=eight_bit)
     out = check_options(out_dir, max_length, reference_dtype, max_pairs)
     attention = attention_for(attention)
     src = open_source(source, revision, progress)
@@ -139,7 +142,7 @@ def _export_whole(src, out: Path, precision: str, preset: Preset | None, calibra
                 traced, out / MODEL_FILE, bits=preset.bits, block_size=preset.block_size,
                 symmetric=preset.symmetric, accuracy_level=preset.accuracy_level,
                 embedding_bits=preset.embedding_bits, embedding_block=preset.embedding_block,
-                method=rounding, kernel=preset.kernel,
+                method=rounding, kernel=preset.kernel, eight_bit=preset.eight_bit,
             )
         scheme.update(method=preset.method, smoothing=smoothing)
         return scheme, [MODEL_FILE, MODEL_FILE + ".data"]

@@ -43,6 +43,7 @@ def export_openvino(
     block_size: int | None = None,
     rotate: bool | None = None,
     calibration: str | Path | None = None,
+    eight_bit: tuple[str, ...] | None = None,
     preset: Preset | None = None,
     stream: bool | None = None,
     progress: Progress | None = None,
@@ -61,7 +62,8 @@ def export_openvino(
     if precision not in OPENVINO_PRECISIONS:
         raise QrrError(f"--quant {quant} is an ONNX option; OpenVINO artifacts take {', '.join(OPENVINO_PRECISIONS)}")
     if preset is None:
-        preset = preset_for(precision, method=method, block_size=block_size, rotate=rotate, calibration=calibration)
+        preset = preset_for(precision, method=method, block_size=block_size, rotate=rotate, calibration=calibration,
+                            eight_bit=eight_bit)
     if preset is not None and preset.gptq:
         # NNCF (and the streamed path's MatMulNBits) round onto grids of their own: GPTQ's choices would be re-rounded
         preset = dataclasses.replace(preset, rounding="nearest")
@@ -105,7 +107,8 @@ def export_openvino(
                 if preset is not None and not stream:
                     from qrr.quant.openvino import compress_weights
 
-                    graph, scheme = compress_weights(graph, bits=preset.bits, group_size=preset.block_size)
+                    graph, scheme = compress_weights(graph, bits=preset.bits, group_size=preset.block_size,
+                                                     eight_bit=preset.eight_bit, embedding_bits=preset.embedding_bits)
                     scheme.update(method=preset.method, smoothing=smoothing)
                 ov.save_model(graph, str(out / MODEL_FILE), compress_to_fp16=False)
                 del graph

@@ -50,12 +50,14 @@ def quantize_weights(
     embedding_block: int | None = EMBEDDING_BLOCK,
     method: str = "rtn",
     kernel: str = "matmulnbits",
+    eight_bit: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Quantize `src` (a float scoring graph) into `dst`; returns the scheme for the manifest.
 
     kernel "rowwise": int8 per row × int8 per column on the integer GEMM (quantize_rowwise_int8; 8 bits only).
     kernel "matmulnbits": `bits`-bit weights in blocks of `block_size` (MatMulNBits), activations per
-    `accuracy_level`. The embedding: `embedding_bits` in blocks of `embedding_block`, or per row when None.
+    `accuracy_level`; the projections named in `eight_bit` (q_proj, k_proj …) at 8 bits in the same blocks.
+    The embedding: `embedding_bits` in blocks of `embedding_block`, or per row when None.
     """
     if kernel not in KERNELS:
         raise QuantizationError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
@@ -71,7 +73,7 @@ def quantize_weights(
         raise QuantizationError(f"embedding_bits must be 4, 8 or None, got {embedding_bits}")
     model = onnx.load(str(src))
     model, linear = quantize_linear(model, bits=bits, block_size=block_size, symmetric=symmetric,
-                                    accuracy_level=accuracy_level, method=method, kernel=kernel)
+                                    accuracy_level=accuracy_level, method=method, kernel=kernel, eight_bit=eight_bit)
     scheme: dict[str, Any] = {"linear": linear, "embedding": quantize_embedding(model, embedding_bits, embedding_block),
                               "head": "fp32"}
     save_model(model, Path(dst))
@@ -79,14 +81,41 @@ def quantize_weights(
 
 
 def quantize_linear(model: onnx.ModelProto, *, bits: int, block_size: int, symmetric: bool, accuracy_level: int,
-                    method: str, kernel: str) -> tuple[onnx.ModelProto, dict[str, Any]]:
+                    method: str, kernel: str, eight_bit: tuple[str, ...] = ()) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Every MatMul with a constant 2-D weight of `model`, on `kernel`; the new model and the scheme. Runs on a
-    whole graph or on one layer's (qrr.export.streamed_export)."""
+    whole graph or on one layer's (qrr.export.streamed_export). With `eight_bit` (projection names such as
+    "k_proj", MatMulNBits only), those projections' MatMuls take 8 bits in the same blocks, rounded to nearest."""
     if kernel == "rowwise":
+        if eight_bit:
+            raise QuantizationError("the rowwise kernel is 8-bit throughout; 8-bit projections mix MatMulNBits bits")
         return model, quantize_rowwise_int8(model)
+    wide: dict[str, Any] | None = None
+    if eight_bit and bits != 8:
+        names = projection_matmuls(model, eight_bit)
+        others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in names]
+        wide = quantize_nbits(model, bits=8, block_size=block_size, symmetric=symmetric,
+                              accuracy_level=accuracy_level, method="rtn", exclude=others)
+        model = wide.pop("model")
     linear = quantize_nbits(model, bits=bits, block_size=block_size, symmetric=symmetric,
                             accuracy_level=accuracy_level, method=method)
-    return linear.pop("model"), linear
+    model = linear.pop("model")
+    if wide is not None:
+        linear["eight_bit"] = {"projections": list(eight_bit), "count": wide["count"], "rounding": "rtn"}
+    return model, linear
+
+
+def projection_matmuls(model: onnx.ModelProto, projections: tuple[str, ...]) -> set[str]:
+    """The names of the MatMuls of `projections` (their node names hold /k_proj/ …, as the tracer scopes them);
+    refuses a projection the graph does not have, or one of its MatMuls without a constant weight."""
+    consts = {t.name for t in model.graph.initializer}
+    names: set[str] = set()
+    for projection in projections:
+        found = [n for n in model.graph.node if n.op_type == "MatMul" and f"/{projection}/" in n.name]
+        if not found or any(n.input[1] not in consts for n in found):
+            raise QuantizationError(f"the graph has no MatMul of {projection} with a constant weight to keep at "
+                                    "8 bits; name projections as the checkpoint does (q_proj, k_proj, …)")
+        names.update(n.name for n in found)
+    return names
 
 
 def quantize_embedding(model: onnx.ModelProto, bits: int | None, block: int | None) -> dict[str, Any] | None:
@@ -100,8 +129,9 @@ def quantize_embedding(model: onnx.ModelProto, bits: int | None, block: int | No
 
 
 def quantize_nbits(model: onnx.ModelProto, *, bits: int, block_size: int, symmetric: bool, accuracy_level: int,
-                   method: str) -> dict[str, Any]:
-    """Every MatMul with a constant weight → MatMulNBits; returns the scheme, with the new model under "model"."""
+                   method: str, exclude: list[str] | None = None) -> dict[str, Any]:
+    """Every MatMul with a constant weight, but those named in `exclude`, → MatMulNBits; returns the scheme,
+    with the new model under "model"."""
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         HQQWeightOnlyQuantConfig,
@@ -120,17 +150,18 @@ def quantize_nbits(model: onnx.ModelProto, *, bits: int, block_size: int, symmet
         )
     else:
         raise QuantizationError(f"unknown rounding method {method!r}; use rtn or hqq")
+    before = sum(1 for n in model.graph.node if n.op_type == "MatMulNBits")
     quantizer = MatMulNBitsQuantizer(
         model, bits=bits, block_size=block_size, is_symmetric=symmetric, accuracy_level=accuracy_level,
-        op_types_to_quantize=("MatMul",), algo_config=algo,
+        op_types_to_quantize=("MatMul",), algo_config=algo, nodes_to_exclude=exclude,
     )
     quantizer.process()
     model = quantizer.model.model
     if method == "hqq" and accuracy_level:
         for node in model.graph.node:
-            if node.op_type == "MatMulNBits":
+            if node.op_type == "MatMulNBits" and not any(a.name == "accuracy_level" for a in node.attribute):
                 node.attribute.append(helper.make_attribute("accuracy_level", accuracy_level))
-    quantized = sum(1 for n in model.graph.node if n.op_type == "MatMulNBits")
+    quantized = sum(1 for n in model.graph.node if n.op_type == "MatMulNBits") - before
     if quantized == 0:
         raise QuantizationError("the graph has no MatMul with a constant 2-D weight to quantize")
     return {

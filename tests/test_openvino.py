@@ -70,6 +70,10 @@ def test_quantized_meet_the_targets_on_the_outlier_checkpoint(outlier_standin, t
     m = load_manifest(out)
     assert m["precision"] == quant and m["quantization"]["linear"]["bits"] == int(quant[3:])
     assert m["openvino"]["properties"]["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "32"
+    if quant == "int4":  # q/k/v and the embedding at 8 bits (the preset), the rest at 4
+        q = m["quantization"]
+        assert q["linear"]["eight_bit"]["projections"] == ["q_proj", "k_proj", "v_proj"] and q["embedding"]["bits"] == 8
+        assert _weight_types(out) == {"u8": 2 * 3 + 1, "u4": 2 * 4}
     # int8 activations are quantized per token: reuse and batching still give every pair's own score
     whole = Reranker(out, prefix_reuse=False).score(QUERY, DOCS)
     np.testing.assert_allclose(Reranker(out).score(QUERY, DOCS), whole, atol=1e-5)
@@ -80,6 +84,20 @@ def test_quantized_meet_the_targets_on_the_outlier_checkpoint(outlier_standin, t
         assert ok, f"openvino {quant} {key} = {metrics[key]:.4f}, target {bound}"
     size = sum(m["files"][f] for f in ("model.xml", "model.bin"))
     assert size < 0.45 * (2 * 2**20), "compressed weights should be well under the fp32 size"
+
+
+def _weight_types(artifact) -> dict[str, int]:
+    """How many compressed weight tensors of each element type (u8, u4) the IR holds: the 2-D (int8) or
+    3-D (grouped int4) integer constants, zero points and scales aside."""
+    import openvino as ov
+
+    counts: dict[str, int] = {}
+    for op in ov.Core().read_model(str(artifact / "model.xml")).get_ops():
+        shape = list(op.get_output_partial_shape(0).to_shape()) if op.get_type_name() == "Constant" else []
+        kind = op.get_output_element_type(0).get_type_name() if shape else ""
+        if kind in ("u8", "u4") and len(shape) >= 2 and shape[-1] > 1:
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
 
 
 def test_options_that_are_onnx_only(standin, tmp_path, capsys):

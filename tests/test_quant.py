@@ -44,12 +44,45 @@ def test_int4_graph(int4_artifact):
     q = m["quantization"]
     assert m["precision"] == "int4" and q["linear"]["bits"] == 4 and q["method"] == "awq"
     assert q["embedding"]["op"] == "GatherBlockQuantized" and q["smoothing"]["calibration"]["pairs"] > 0
+    assert q["linear"]["eight_bit"] == {"projections": ["q_proj", "k_proj", "v_proj"], "count": 2 * 3, "rounding": "rtn"}
+    assert q["linear"]["count"] == 2 * 4 and q["embedding"]["bits"] == 8
     model = onnx.load(str(int4_artifact / "model.onnx"))
     ops = [n.op_type for n in model.graph.node]
     assert "GatherBlockQuantized" in ops and ops.count("MatMulNBits") == 2 * 7
-    bits = {a.i for n in model.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
-    assert bits == {4}
+    bits = {n.name.split("/")[-2]: a.i for n in model.graph.node if n.op_type == "MatMulNBits"
+            for a in n.attribute if a.name == "bits"}
+    assert bits == {"q_proj": 8, "k_proj": 8, "v_proj": 8, "o_proj": 4, "gate_proj": 4, "up_proj": 4, "down_proj": 4}
+    gather = next(n for n in model.graph.node if n.op_type == "GatherBlockQuantized")
+    assert {a.name: a.i for a in gather.attribute}["bits"] == 8
     assert {t.name: t for t in model.graph.initializer}["direction"].data_type == onnx.TensorProto.FLOAT
+
+
+def test_int4_at_8_bits_where_4_bits_move_the_scores_most(trained, int4_artifact, tmp_path):
+    """q/k/v and the embedding at 8 bits (the preset) against 4 bits throughout (--eight-bit none): the
+    mixed artifact's worst pair moves less, and it stays smaller than int8."""
+    uniform = tmp_path / "uniform"
+    export_onnx(str(trained), uniform, quant="int4", eight_bit=(), validate=False, progress=QUIET)
+    q = load_manifest(uniform)["quantization"]
+    assert "eight_bit" not in q["linear"] and q["embedding"]["bits"] == 4
+    drift = {name: validate_artifact(art, str(trained), max_drop=1.0)["metrics"]["max_abs_dp"]
+             for name, art in (("mixed", int4_artifact), ("uniform", uniform))}
+    assert drift["mixed"] < drift["uniform"], drift
+
+
+def test_eight_bit_parts_are_checked():
+    from qrr.export.presets import parse_eight_bit, preset_for
+
+    assert parse_eight_bit("k_proj, embedding,k_proj") == ("k_proj", "embedding")
+    assert parse_eight_bit("none") == ()
+    preset = preset_for("int4", eight_bit=("down_proj", "embedding"))
+    assert preset.eight_bit == ("down_proj",) and preset.embedding_bits == 8 and preset.bits_of("down_proj") == 8
+    assert preset_for("int4", eight_bit=()).embedding_bits == 4 and preset_for("int4", eight_bit=()).bits_of("q_proj") == 4
+    with pytest.raises(QrrError, match="unknown part 'lm_head'"):
+        parse_eight_bit("q_proj,lm_head")
+    with pytest.raises(QrrError, match="int8 is 8-bit throughout"):
+        preset_for("int8", eight_bit=("q_proj",))
+    with pytest.raises(QrrError, match="apply to int8 and int4"):
+        preset_for("fp32", eight_bit=())
 
 
 @pytest.mark.parametrize("quant", ["int8", "int4"])
@@ -354,3 +387,36 @@ def test_int8_rounds_by_gptq_unless_told_otherwise(trained, tmp_path):
         preset_for("int8", rounding="stochastic")
     with pytest.raises(QrrError, match="uses none"):
         preset_for("int8", method="rtn", calibration="pairs.jsonl")
+
+
+def test_gptq_rounds_each_projection_onto_its_own_grid():
+    """With 8-bit projections in a 4-bit preset, GPTQ rounds q/k/v (one input, one H) onto the 8-bit blocks and
+    the rest onto the 4-bit ones, as the quantizer will store them."""
+    from transformers import Qwen3Config
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
+
+    from qrr.quant.gptq import nbits_grid, round_layer
+
+    config = Qwen3Config(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=16, num_hidden_layers=1)
+    torch.manual_seed(0)
+    layer = Qwen3DecoderLayer(config, 0).eval()
+    before = {n: m.weight.detach().clone() for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
+    wide = _correlated_inputs(1024, 128, seed=6)
+    narrow = _correlated_inputs(1024, 64, seed=7)
+    covariances = {site: (x.T @ x).float() for site, x in
+                   (("attn", narrow), ("vo", narrow), ("mlp", narrow), ("down", wide))}
+    with torch.no_grad():
+        round_layer(layer, covariances, (4, 32), eight_bit=("q_proj", "k_proj", "v_proj"))
+
+    def on_grid(name, weight, bits):
+        grid = nbits_grid(before[name], bits, 32)
+        blocks = torch.arange(weight.shape[1]) // 32
+        codes = weight / grid.scale[:, blocks] + grid.zero[:, blocks]
+        return bool(((codes - codes.round()).abs()[~grid.keep]).max() < 1e-3)
+
+    for name, module in layer.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            eight = name.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj")
+            assert on_grid(name, module.weight, 8 if eight else 4), name
+            assert on_grid(name, module.weight, 4) != eight, name  # 8-bit values mostly fall between 4-bit ones
