@@ -52,6 +52,7 @@ VARIANTS = {
     "qkv8-emb8": ({p: (True, 8 if p in QKV else True) for p in LINEAR}, 8),
     "k8-emb8": ({p: (True, 8 if p == "k_proj" else True) for p in LINEAR}, 8),
     "emb8": ({p: (True, True) for p in LINEAR}, 8),
+    "qkv8-emb8-b128": ({p: (True, (8, 128) if p in QKV else True) for p in LINEAR}, (8, 128)),
     "kv8-q16-emb8": ({p: (True, 8 if p in ("k_proj", "v_proj") else (4, 16) if p == "q_proj" else True)
                       for p in LINEAR}, 8),
 }
@@ -85,7 +86,8 @@ def hook(acts: bool | str, weights: bool | str, preset):
     def forward(module, inputs, output):
         x = inputs[0]
         rows = x.reshape(-1, x.shape[-1])
-        act_block = rows.shape[1] if rowwise else preset.block_size
+        own_block = isinstance(weights, tuple)  # MatMulNBits quantizes activations in the node's own blocks
+        act_block = rows.shape[1] if rowwise else weights[1] if own_block else preset.block_size
         if acts == "fp16":
             xq = rows.half().float()
         elif acts and (rowwise or preset.accuracy_level == 4):
@@ -150,11 +152,13 @@ def main(argv: list[str] | None = None) -> int:
                 short = module_name.rsplit(".", 1)[-1]
                 if isinstance(module, torch.nn.Linear) and short in linear:
                     module.register_forward_hook(hook(*linear[short], preset))
-            if embedding:  # True: the preset's embedding bits; a number: that many
+            if embedding:  # True: the preset's embedding bits; a number: that many; (bits, block)
                 with torch.no_grad():
-                    bits = preset.embedding_bits if embedding is True else embedding
-                    model.model.embed_tokens.weight.copy_(embedding_blocks(model.model.embed_tokens.weight,
-                                                                           preset.embedding_block or 32, bits))
+                    bits, block = ((preset.embedding_bits, preset.embedding_block or 32) if embedding is True else
+                                   (embedding, preset.embedding_block or 32) if isinstance(embedding, int)
+                                   else embedding)
+                    table = model.model.embed_tokens.weight
+                    model.model.embed_tokens.weight.copy_(embedding_blocks(table, min(block, table.shape[1]), bits))
             row[name] = round(float(np.abs(scores(model) - exact).max()), 4)
         print(json.dumps(row), flush=True)
     return 0

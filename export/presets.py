@@ -74,8 +74,9 @@ class Preset:
     embedding_block: int | None = 32  # None: one scale per embedding row
     alpha: float | None = 0.5  # SmoothQuant's migration strength; None: searched per site (qrr.quant.smooth)
     rounding: str = "nearest"  # "gptq": error-compensating rounding onto the kernel's grid (qrr.quant.gptq)
-    # projections whose weights take 8 bits in the same blocks, in a 4-bit MatMulNBits preset (mixed precision)
+    # projections whose weights take 8 bits, in blocks of `eight_bit_block`, in a 4-bit MatMulNBits preset
     eight_bit: tuple[str, ...] = ()
+    eight_bit_block: int = 128
 
     def with_overrides(
         self,
@@ -120,6 +121,9 @@ class Preset:
         unknown = [p for p in self.eight_bit if p not in PROJECTIONS]
         if unknown:
             raise QrrError(f"unknown projection {unknown[0]!r} for 8-bit weights; choose from {', '.join(PROJECTIONS)}")
+        if self.eight_bit_block not in BLOCK_SIZES:
+            raise QrrError(f"unknown 8-bit block size {self.eight_bit_block}; choose one of "
+                           f"{', '.join(map(str, BLOCK_SIZES))}")
         if self.eight_bit and (self.kernel != "matmulnbits" or self.bits != 4):
             raise QrrError("8-bit projections mix precisions in a 4-bit MatMulNBits preset; this one is "
                            f"{self.bits}-bit {self.kernel}")
@@ -154,16 +158,23 @@ class Preset:
         """The weight bits of one projection (q_proj … down_proj)."""
         return 8 if projection in self.eight_bit else self.bits
 
+    @property
+    def wide(self) -> tuple[tuple[str, ...], int]:
+        """(the projections at 8 bits, their block size): what the quantizers and GPTQ take as `eight_bit`."""
+        return self.eight_bit, self.eight_bit_block
+
 
 # Chosen by measurement over the stand-in family (benchmarks/quant_sweep.py, README "Quantization").
 PRESETS = {
     # rotation takes the outliers out of the inputs fed by the residual stream; scales cover the two outside it
     "int8": Preset(bits=8, block_size=32, symmetric=True, accuracy_level=4, embedding_bits=8, method="smoothquant",
                    kernel="rowwise", rotate=True, sites=("down", "vo"), rounding="gptq"),
-    # 4-bit where the weights are (MLP, o_proj); q/k/v and the embedding at 8 bits in the same blocks: they
-    # moved the scores most at 4 bits (k_proj feeds Qwen3's per-head k_norm, which rescales its error)
+    # 4-bit where the weights are (MLP, o_proj); q/k/v and the embedding at 8 bits, which moved the scores most
+    # at 4 bits (k_proj feeds Qwen3's per-head k_norm, which rescales its error); their blocks of 128 keep the
+    # 4B and 8B under 3 and 5.5 GB (README, "Quantization")
     "int4": Preset(bits=4, block_size=32, symmetric=False, accuracy_level=4, embedding_bits=8, method="awq",
-                   rotate=True, sites=("down", "vo"), eight_bit=("q_proj", "k_proj", "v_proj")),
+                   rotate=True, sites=("down", "vo"), eight_bit=("q_proj", "k_proj", "v_proj"), eight_bit_block=128,
+                   embedding_block=128),
 }
 
 

@@ -504,7 +504,7 @@ def calibrate_layer(runner: LayerRunner, layer, index: int, hidden, batches, pre
         for site, scale in applied.items():  # x / s per channel: xᵀx / (s_i s_j)
             s = scale.double()
             covariances[site] /= s[:, None] * s[None, :]
-        gptq.round_layer(layer, covariances, preset.nbits, eight_bit=preset.eight_bit)
+        gptq.round_layer(layer, covariances, preset.nbits, eight_bit=preset.wide)
     return out, alphas
 
 
@@ -536,7 +536,7 @@ def calibration_summary(preset: Preset, alphas: list[float], calibration, batche
     elif preset.scaling:
         info.update(smooth.awq_info(alphas, preset.bits, preset.block_size, preset.sites))
     if preset.gptq:
-        info["rounding"] = gptq.description(preset.nbits, eight_bit=preset.eight_bit)
+        info["rounding"] = gptq.description(preset.nbits, eight_bit=preset.wide)
     info["calibration"] = calibration_info(calibration, batches)
     return info
 
@@ -599,7 +599,7 @@ def _layer_graph(sk: Skeleton, i: int, params: dict[str, Any], preset: Preset | 
         before = produced | stored | set(inputs)
         model, info = quantize_linear(model, bits=preset.bits, block_size=preset.block_size,
                                       symmetric=preset.symmetric, accuracy_level=preset.accuracy_level,
-                                      method=rounding, kernel=preset.kernel, eight_bit=preset.eight_bit)
+                                      method=rounding, kernel=preset.kernel, eight_bit=preset.wide)
         # the quantizer's own names (rq0_…, rq_tiny) repeat in every layer: give them the layer's prefix
         fresh = {x for n in model.graph.node for x in [*n.input, *n.output]} | {t.name for t in model.graph.initializer}
         fresh = {x: f"layers.{i}/{x}" for x in fresh - before if x}

@@ -142,7 +142,7 @@ def _export_whole(src, out: Path, precision: str, preset: Preset | None, calibra
                 traced, out / MODEL_FILE, bits=preset.bits, block_size=preset.block_size,
                 symmetric=preset.symmetric, accuracy_level=preset.accuracy_level,
                 embedding_bits=preset.embedding_bits, embedding_block=preset.embedding_block,
-                method=rounding, kernel=preset.kernel, eight_bit=preset.eight_bit,
+                method=rounding, kernel=preset.kernel, eight_bit=preset.wide,
             )
         scheme.update(method=preset.method, smoothing=smoothing)
         return scheme, [MODEL_FILE, MODEL_FILE + ".data"]

@@ -175,33 +175,36 @@ def _inverse_factor(H: torch.Tensor, damp: float) -> torch.Tensor:
 
 @torch.no_grad()
 def round_layer(layer, covariances: dict[str, torch.Tensor], nbits: tuple[int, int] | None = None,
-                damp: float = DAMP, eight_bit: tuple[str, ...] = ()) -> None:
+                damp: float = DAMP, eight_bit: tuple[tuple[str, ...], int] = ((), 0)) -> None:
     """Replace every linear weight of the decoder `layer` by its GPTQ rounding, from its input's H: onto the
-    rowwise int8 grid, or with `nbits` = (bits, block) onto MatMulNBits' asymmetric one, the projections named
-    in `eight_bit` onto its 8-bit grid (GPTQ rounds each output row on its own, so rows of one input may take
-    different grids).
+    rowwise int8 grid, or with `nbits` = (bits, block) onto MatMulNBits' asymmetric one, the projections of
+    `eight_bit` = (names, block) onto its 8-bit grid in those blocks (GPTQ rounds each output row on its own,
+    so rows of one input may take different grids).
 
     down_proj included: its input is the MLP's width (3072 on the 0.6B, 9728 on the 4B, 12288 on the 8B), so its
     H is the costliest part (K² per token, then a K³ factorization per layer), but rounding it to nearest instead
     made the 0.6B-shaped stand-in's mean |ΔP| worse than rounding everything to nearest (README, "Quantization").
     """
-    wide = {id(module) for name, module in layer.named_modules() if name.rsplit(".", 1)[-1] in eight_bit}
+    names, wide_block = eight_bit
+    wide = {id(module) for name, module in layer.named_modules() if name.rsplit(".", 1)[-1] in names}
     for site, (_, projections) in _site_modules(layer).items():
-        groups: dict[int | None, list] = {}  # bits (None: rowwise) → the projections rounded onto that grid
+        groups: dict[tuple | None, list] = {}  # (bits, block) (None: rowwise) → the projections on that grid
         for p in projections:
-            groups.setdefault(None if nbits is None else 8 if id(p) in wide else nbits[0], []).append(p)
-        for bits, members in groups.items():
+            key = None if nbits is None else (8, wide_block) if id(p) in wide else nbits
+            groups.setdefault(key, []).append(p)
+        for key, members in groups.items():
             weights = [p.weight for p in members]
             weight = torch.cat(weights)
-            grid = rowwise_grid(weight) if bits is None else nbits_grid(weight, bits, nbits[1])
+            grid = rowwise_grid(weight) if key is None else nbits_grid(weight, *key)
             rounded = gptq_round(weight, covariances[site], grid, damp)
             for p, w in zip(members, torch.split(rounded, [w.shape[0] for w in weights])):
                 p.weight.copy_(w)
 
 
-def description(nbits: tuple[int, int] | None = None, damp: float = DAMP, eight_bit: tuple[str, ...] = ()) -> dict:
+def description(nbits: tuple[int, int] | None = None, damp: float = DAMP,
+                eight_bit: tuple[tuple[str, ...], int] = ((), 0)) -> dict:
     grid = ("int8 per output channel (the rowwise kernel's)" if nbits is None
             else f"{nbits[0]}-bit asymmetric blocks of {nbits[1]} (MatMulNBits)")
-    if nbits is not None and eight_bit and nbits[0] != 8:
-        grid += f"; {', '.join(eight_bit)} 8-bit in the same blocks"
+    if nbits is not None and eight_bit[0] and nbits[0] != 8:
+        grid += f"; {', '.join(eight_bit[0])} 8-bit in blocks of {eight_bit[1]}"
     return {"method": "gptq", "grid": grid, "order": "activation", "damp": damp}

@@ -50,13 +50,13 @@ def quantize_weights(
     embedding_block: int | None = EMBEDDING_BLOCK,
     method: str = "rtn",
     kernel: str = "matmulnbits",
-    eight_bit: tuple[str, ...] = (),
+    eight_bit: tuple[tuple[str, ...], int] = ((), 0),
 ) -> dict[str, Any]:
     """Quantize `src` (a float scoring graph) into `dst`; returns the scheme for the manifest.
 
     kernel "rowwise": int8 per row × int8 per column on the integer GEMM (quantize_rowwise_int8; 8 bits only).
     kernel "matmulnbits": `bits`-bit weights in blocks of `block_size` (MatMulNBits), activations per
-    `accuracy_level`; the projections named in `eight_bit` (q_proj, k_proj …) at 8 bits in the same blocks.
+    `accuracy_level`; `eight_bit` = (projections such as "k_proj", block) puts those at 8 bits in their own blocks.
     The embedding: `embedding_bits` in blocks of `embedding_block`, or per row when None.
     """
     if kernel not in KERNELS:
@@ -81,26 +81,30 @@ def quantize_weights(
 
 
 def quantize_linear(model: onnx.ModelProto, *, bits: int, block_size: int, symmetric: bool, accuracy_level: int,
-                    method: str, kernel: str, eight_bit: tuple[str, ...] = ()) -> tuple[onnx.ModelProto, dict[str, Any]]:
+                    method: str, kernel: str, eight_bit: tuple[tuple[str, ...], int] = ((), 0)
+                    ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Every MatMul with a constant 2-D weight of `model`, on `kernel`; the new model and the scheme. Runs on a
-    whole graph or on one layer's (qrr.export.streamed_export). With `eight_bit` (projection names such as
-    "k_proj", MatMulNBits only), those projections' MatMuls take 8 bits in the same blocks, rounded to nearest."""
+    whole graph or on one layer's (qrr.export.streamed_export). With `eight_bit` = (projection names such as
+    "k_proj", block; MatMulNBits only), those projections' MatMuls take 8 bits in blocks of that size (their
+    activations too, at accuracy level 4), rounded to nearest."""
+    projections, wide_block = eight_bit
     if kernel == "rowwise":
-        if eight_bit:
+        if projections:
             raise QuantizationError("the rowwise kernel is 8-bit throughout; 8-bit projections mix MatMulNBits bits")
         return model, quantize_rowwise_int8(model)
     wide: dict[str, Any] | None = None
-    if eight_bit and bits != 8:
-        names = projection_matmuls(model, eight_bit)
+    if projections and bits != 8:
+        names = projection_matmuls(model, projections)
         others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in names]
-        wide = quantize_nbits(model, bits=8, block_size=block_size, symmetric=symmetric,
+        wide = quantize_nbits(model, bits=8, block_size=wide_block, symmetric=symmetric,
                               accuracy_level=accuracy_level, method="rtn", exclude=others)
         model = wide.pop("model")
     linear = quantize_nbits(model, bits=bits, block_size=block_size, symmetric=symmetric,
                             accuracy_level=accuracy_level, method=method)
     model = linear.pop("model")
     if wide is not None:
-        linear["eight_bit"] = {"projections": list(eight_bit), "count": wide["count"], "rounding": "rtn"}
+        linear["eight_bit"] = {"projections": list(projections), "block_size": wide_block, "count": wide["count"],
+                               "rounding": "rtn"}
     return model, linear
 
 
@@ -238,6 +242,7 @@ def quantize_embedding_blocks(model: onnx.ModelProto, block_size: int, bits: int
     node = _embedding_gather(graph)
     init = next(t for t in graph.initializer if t.name == node.input[0])
     rows, cols = init.dims
+    block_size = min(block_size, cols)  # a row narrower than a block is one block
     if cols % block_size:
         raise QuantizationError(f"embedding width ({cols}) is not a multiple of the block size ({block_size})")
     if rows_of is None:

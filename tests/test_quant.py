@@ -44,16 +44,21 @@ def test_int4_graph(int4_artifact):
     q = m["quantization"]
     assert m["precision"] == "int4" and q["linear"]["bits"] == 4 and q["method"] == "awq"
     assert q["embedding"]["op"] == "GatherBlockQuantized" and q["smoothing"]["calibration"]["pairs"] > 0
-    assert q["linear"]["eight_bit"] == {"projections": ["q_proj", "k_proj", "v_proj"], "count": 2 * 3, "rounding": "rtn"}
+    assert q["linear"]["eight_bit"] == {"projections": ["q_proj", "k_proj", "v_proj"], "block_size": 128,
+                                        "count": 2 * 3, "rounding": "rtn"}
     assert q["linear"]["count"] == 2 * 4 and q["embedding"]["bits"] == 8
     model = onnx.load(str(int4_artifact / "model.onnx"))
     ops = [n.op_type for n in model.graph.node]
     assert "GatherBlockQuantized" in ops and ops.count("MatMulNBits") == 2 * 7
-    bits = {n.name.split("/")[-2]: a.i for n in model.graph.node if n.op_type == "MatMulNBits"
-            for a in n.attribute if a.name == "bits"}
-    assert bits == {"q_proj": 8, "k_proj": 8, "v_proj": 8, "o_proj": 4, "gate_proj": 4, "up_proj": 4, "down_proj": 4}
+    grids = {n.name.split("/")[-2]: tuple(a.i for a in n.attribute if a.name in ("bits", "block_size"))
+             for n in model.graph.node if n.op_type == "MatMulNBits"}
+    wide, narrow = (128, 8), (32, 4)  # attributes in the order onnxruntime's quantizer writes them
+    assert {k: sorted(v) for k, v in grids.items()} == {
+        "q_proj": sorted(wide), "k_proj": sorted(wide), "v_proj": sorted(wide), "o_proj": sorted(narrow),
+        "gate_proj": sorted(narrow), "up_proj": sorted(narrow), "down_proj": sorted(narrow)}
     gather = next(n for n in model.graph.node if n.op_type == "GatherBlockQuantized")
-    assert {a.name: a.i for a in gather.attribute}["bits"] == 8
+    attrs = {a.name: a.i for a in gather.attribute}
+    assert attrs["bits"] == 8 and attrs["block_size"] == 64  # the tiny stand-in's rows (64) are narrower than 128
     assert {t.name: t for t in model.graph.initializer}["direction"].data_type == onnx.TensorProto.FLOAT
 
 
@@ -390,8 +395,8 @@ def test_int8_rounds_by_gptq_unless_told_otherwise(trained, tmp_path):
 
 
 def test_gptq_rounds_each_projection_onto_its_own_grid():
-    """With 8-bit projections in a 4-bit preset, GPTQ rounds q/k/v (one input, one H) onto the 8-bit blocks and
-    the rest onto the 4-bit ones, as the quantizer will store them."""
+    """With 8-bit projections in a 4-bit preset, GPTQ rounds q/k/v (one input, one H) onto the 8-bit grid in its
+    own blocks and the rest onto the 4-bit one, as the quantizer will store them."""
     from transformers import Qwen3Config
     from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
 
@@ -407,11 +412,12 @@ def test_gptq_rounds_each_projection_onto_its_own_grid():
     covariances = {site: (x.T @ x).float() for site, x in
                    (("attn", narrow), ("vo", narrow), ("mlp", narrow), ("down", wide))}
     with torch.no_grad():
-        round_layer(layer, covariances, (4, 32), eight_bit=("q_proj", "k_proj", "v_proj"))
+        round_layer(layer, covariances, (4, 32), eight_bit=(("q_proj", "k_proj", "v_proj"), 64))
 
     def on_grid(name, weight, bits):
-        grid = nbits_grid(before[name], bits, 32)
-        blocks = torch.arange(weight.shape[1]) // 32
+        block = 64 if bits == 8 else 32
+        grid = nbits_grid(before[name], bits, block)
+        blocks = torch.arange(weight.shape[1]) // block
         codes = weight / grid.scale[:, blocks] + grid.zero[:, blocks]
         return bool(((codes - codes.round()).abs()[~grid.keep]).max() < 1e-3)
 
