@@ -1,4 +1,5 @@
-"""Which quantized inputs move the scores: the int8 preset emulated in PyTorch, one group of inputs at a time.
+"""Which quantized inputs move the scores: the int8 preset (or with `--preset int4` the int4 one) emulated in
+PyTorch, one group of inputs at a time.
 
 The checkpoint is rotated and smoothed exactly as `qrr-export --quant int8` does (qrr.export.pipeline), then
 run by the recipe on the built-in pairs with the rowwise kernel's rounding (int8 activations per row × int8
@@ -16,7 +17,14 @@ in 8-bit blocks of 32. Max |ΔP| against the unquantized checkpoint, per variant
   fp16           every linear layer's activations and weights rounded to fp16, the embedding kept (the scale
                  of what a finer format leaves)
 
+With `--preset int4` the int4 preset's rotation and AWQ scales come first and "rounded" means as MatMulNBits
+rounds: 4-bit asymmetric weight blocks of 32, int8 activations per block, the embedding at the preset's bits.
+Its mixed-precision candidates put some parts at 8 bits (with `(bits, block)`, in blocks of their own):
+kv8, kv8-emb8, qkv8-emb8, k8-emb8, emb8, qkv8-emb8-b128 (blocks of 128), kv8-q16-emb8 (q at 4 bits in blocks of
+16). Before mixed precision, the int4 preset was "all" here; now it is qkv8-emb8-b128.
+
     python benchmarks/quant_ablation.py out/sweep/family-tiny-norm-256x2 out/sweep/family-tiny-plain
+    python benchmarks/quant_ablation.py out/sweep/family-tiny-* --preset int4 --variants all qkv8-emb8-b128
 """
 
 from __future__ import annotations
@@ -29,7 +37,8 @@ from pathlib import Path
 
 QKV = ("q_proj", "k_proj", "v_proj")
 LINEAR = (*QKV, "o_proj", "gate_proj", "up_proj", "down_proj")
-# variant → (projection → (activations, weights): True int8, False float, "fp16"), embedding quantized
+# variant → (projection → (activations, weights): True as the preset rounds, False float, "fp16", or for the
+# weights a bit width or (bits, block)), the embedding: True as the preset, False float, bits or (bits, block)
 VARIANTS = {
     "all": ({p: (True, True) for p in LINEAR}, True),
     "emb": ({}, True),

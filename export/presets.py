@@ -154,10 +154,6 @@ class Preset:
         """MatMulNBits' (bits, block), the grid GPTQ rounds onto; None for the rowwise kernel's."""
         return None if self.kernel == "rowwise" else (self.bits, self.block_size)
 
-    def bits_of(self, projection: str) -> int:
-        """The weight bits of one projection (q_proj … down_proj)."""
-        return 8 if projection in self.eight_bit else self.bits
-
     @property
     def wide(self) -> tuple[tuple[str, ...], int]:
         """(the projections at 8 bits, their block size): what the quantizers and GPTQ take as `eight_bit`."""

@@ -80,8 +80,8 @@ def test_eight_bit_parts_are_checked():
     assert parse_eight_bit("k_proj, embedding,k_proj") == ("k_proj", "embedding")
     assert parse_eight_bit("none") == ()
     preset = preset_for("int4", eight_bit=("down_proj", "embedding"))
-    assert preset.eight_bit == ("down_proj",) and preset.embedding_bits == 8 and preset.bits_of("down_proj") == 8
-    assert preset_for("int4", eight_bit=()).embedding_bits == 4 and preset_for("int4", eight_bit=()).bits_of("q_proj") == 4
+    assert preset.eight_bit == ("down_proj",) and preset.embedding_bits == 8 and preset.wide == (("down_proj",), 128)
+    assert preset_for("int4", eight_bit=()).embedding_bits == 4 and preset_for("int4", eight_bit=()).wide == ((), 128)
     with pytest.raises(QrrError, match="unknown part 'lm_head'"):
         parse_eight_bit("q_proj,lm_head")
     with pytest.raises(QrrError, match="int8 is 8-bit throughout"):
