@@ -21,7 +21,7 @@ With `--preset int4` the int4 preset's rotation and AWQ scales come first and "r
 rounds: 4-bit asymmetric weight blocks of 32, int8 activations per block, the embedding at the preset's bits.
 Its mixed-precision candidates put some parts at 8 bits (with `(bits, block)`, in blocks of their own):
 kv8, kv8-emb8, qkv8-emb8, k8-emb8, emb8, qkv8-emb8-b128 (blocks of 128), kv8-q16-emb8 (q at 4 bits in blocks of
-16). Before mixed precision, the int4 preset was "all" here; now it is qkv8-emb8-b128.
+16). "all" is 4 bits throughout (the int4 preset before mixed precision); the preset now is qkv8-emb8-b128.
 
     python benchmarks/quant_ablation.py out/sweep/family-tiny-norm-256x2 out/sweep/family-tiny-plain
     python benchmarks/quant_ablation.py out/sweep/family-tiny-* --preset int4 --variants all qkv8-emb8-b128
@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         rotate(folded)
         # the preset's rotation and scales; the variants round weights to nearest (the preset with --rounding nearest)
         preset = dataclasses.replace(PRESETS[args.preset], rounding="nearest")
+        if preset.bits == 4:  # the variants name their 8-bit parts: start from 4 bits throughout
+            preset = dataclasses.replace(preset, eight_bit=(), embedding_bits=4, embedding_block=32)
         calibrate_model(folded, checkpoint.config, calibration_batches(ref.tokenizer, None, 8192), preset)
         row = {"checkpoint": str(path)}
         for name in args.variants:
