@@ -29,10 +29,17 @@ def model_card(manifest: dict[str, Any]) -> str:
     revision = f" (revision `{source['revision']}`)" if source.get("revision") else ""
     engine = {"onnx": "an ONNX scoring graph for onnxruntime", "openvino": "an OpenVINO IR scoring graph"}.get(fmt, fmt)
     size = sum(manifest["files"].values()) / 2**20
+    weights = f"{precision} weights"
+    quant = manifest.get("quantization") or {}
+    wide = [*((quant.get("linear") or {}).get("eight_bit") or {}).get("projections", [])]
+    if precision == "int4" and (quant.get("embedding") or {}).get("bits") == 8:
+        wide.append("the embedding")
+    if precision == "int4" and wide:
+        weights += f"; {', '.join(wide)} at 8 bits"
     lines = [
         "---", *front, "---", "",
         f"# {checkpoint.rstrip('/').split('/')[-1] or 'Qwen3-Reranker'} — qrr {fmt} {precision}", "",
-        f"A qrr artifact of `{checkpoint}`{revision}: {engine} ({precision} weights), its tokenizer and the "
+        f"A qrr artifact of `{checkpoint}`{revision}: {engine} ({weights}), its tokenizer and the "
         f"manifest `qrr.json`, {size:.1f} MiB in all. It computes the Qwen3-Reranker relevance score P(yes) of "
         "(query, document) pairs without torch or transformers.", "",
         "## Validation", "",

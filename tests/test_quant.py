@@ -47,6 +47,7 @@ def test_int4_graph(int4_artifact):
     assert q["linear"]["eight_bit"] == {"projections": ["q_proj", "k_proj", "v_proj"], "block_size": 128,
                                         "count": 2 * 3, "rounding": "rtn"}
     assert q["linear"]["count"] == 2 * 4 and q["embedding"]["bits"] == 8
+    assert "(int4 weights; q_proj, k_proj, v_proj, the embedding at 8 bits)" in (int4_artifact / "README.md").read_text()
     model = onnx.load(str(int4_artifact / "model.onnx"))
     ops = [n.op_type for n in model.graph.node]
     assert "GatherBlockQuantized" in ops and ops.count("MatMulNBits") == 2 * 7
