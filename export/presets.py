@@ -28,21 +28,28 @@ PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 EIGHT_BIT_PARTS = (*PROJECTIONS, "embedding")  # what an int4 export may keep at 8 bits (--eight-bit)
 
 
-def parse_eight_bit(text: str) -> tuple[str, ...]:
-    """`--eight-bit`'s value: comma-separated names from EIGHT_BIT_PARTS, or "none" (everything at 4 bits)."""
-    if text.strip().lower() == "none":
-        return ()
-    parts = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
-    unknown = [p for p in parts if p not in EIGHT_BIT_PARTS]
-    if unknown or not parts:
-        raise QrrError(f"unknown part {(unknown or [text])[0]!r} to keep at 8 bits; give a comma-separated list from "
-                       f"{', '.join(EIGHT_BIT_PARTS)}, or none")
-    return parts
 CALIBRATION_PAIRS = 64
 # Largest allowed |ΔP(yes)| of any evaluation pair against the reference, per precision (README, "Validation").
 DEFAULT_MAX_DROP = {"fp32": 1e-3, "fp16": 0.01, "int8": 0.03, "int4": 0.1}
 # The reference's weights and compute: the recipe's fp32, or bf16 as the model card's checkpoints are published.
 REFERENCE_DTYPES = ("float32", "bfloat16")
+
+
+def check_eight_bit(parts: tuple[str, ...]) -> tuple[str, ...]:
+    """What an int4 export keeps at 8 bits, each from EIGHT_BIT_PARTS (() for none); unknown names are refused."""
+    unknown = [p for p in parts if p not in EIGHT_BIT_PARTS]
+    if unknown:
+        raise QrrError(f"unknown part {unknown[0]!r} to keep at 8 bits; give a comma-separated list from "
+                       f"{', '.join(EIGHT_BIT_PARTS)}, or none")
+    return parts
+
+
+def parse_eight_bit(text: str) -> tuple[str, ...]:
+    """`--eight-bit`'s value: comma-separated names from EIGHT_BIT_PARTS, or "none" (everything at 4 bits)."""
+    if text.strip().lower() == "none":
+        return ()
+    parts = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+    return check_eight_bit(parts or (text,))
 
 
 def check_reference_dtype(dtype: object) -> str:
@@ -104,7 +111,7 @@ class Preset:
         if eight_bit is not None:
             if self.bits != 4:
                 raise QrrError("--eight-bit mixes precisions in int4; int8 is 8-bit throughout")
-            parse_eight_bit(",".join(eight_bit) or "none")  # refuses unknown names
+            check_eight_bit(eight_bit)
             changes.update(eight_bit=tuple(p for p in eight_bit if p != "embedding"),
                            embedding_bits=8 if "embedding" in eight_bit else 4)
         preset = dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
