@@ -6,7 +6,8 @@ run by the recipe on the built-in pairs with the rowwise kernel's rounding (int8
 weights per output column, qrr.quant.smooth.fake_quant) applied only where a variant says, and the embedding
 in 8-bit blocks of 32. Max |ΔP| against the unquantized checkpoint, per variant:
 
-  all            every linear layer and the embedding, as the artifact exported with `--rounding nearest` (matches
+  all            every linear layer and the embedding in one int8 pass, as the artifact exported with
+                 `--rounding nearest --two-pass none` (matches
                  its figure; the default GPTQ rounding moves the weights, not the inputs this ablation splits)
   emb            the embedding only
   qkv, q, k, v, o, gateup, down     those projections only (activations and weights)
@@ -14,6 +15,10 @@ in 8-bit blocks of 32. Max |ΔP| against the unquantized checkpoint, per variant
   all-but-qkv    everything except q/k/v, which keep float activations and weights
   qkv-float-act  everything, but q/k/v read float activations (weights int8 per column)
   k-act          the k_proj activations only
+  all-qkv-act2, all-qk-act2, all-kv-act2, all-k-act2
+                 everything, with those projections' activations in two int8 passes (the row, then its
+                 rounding residual at 1/254 of its step: qrr.quant.onnx_quant.residual_rows); the int8 preset
+                 reads k and v that way, which these variants compare (all: one pass everywhere)
   fp16           every linear layer's activations and weights rounded to fp16, the embedding kept (the scale
                  of what a finer format leaves)
 
@@ -54,6 +59,11 @@ VARIANTS = {
     "all-but-qkv": ({p: (True, True) for p in LINEAR if p not in QKV}, True),
     "qkv-float-act": ({p: (p not in QKV, True) for p in LINEAR}, True),
     "k-act": ({"k_proj": (True, False)}, False),
+    # q/k/v activations in two int8 passes (the row, then what its rounding left, each with its own scale)
+    "all-qkv-act2": ({p: ("2x8" if p in QKV else True, True) for p in LINEAR}, True),
+    "all-k-act2": ({p: ("2x8" if p == "k_proj" else True, True) for p in LINEAR}, True),
+    "all-kv-act2": ({p: ("2x8" if p in ("k_proj", "v_proj") else True, True) for p in LINEAR}, True),
+    "all-qk-act2": ({p: ("2x8" if p in ("q_proj", "k_proj") else True, True) for p in LINEAR}, True),
     "fp16": ({p: ("fp16", "fp16") for p in LINEAR}, False),
     # mixed precision for the int4 preset: some projections' weights (and the embedding) at 8 bits
     "kv8": ({p: (True, 8 if p in ("k_proj", "v_proj") else True) for p in LINEAR}, True),
@@ -99,6 +109,11 @@ def hook(acts: bool | str, weights: bool | str, preset):
         act_block = rows.shape[1] if rowwise else weights[1] if own_block else preset.block_size
         if acts == "fp16":
             xq = rows.half().float()
+        elif acts == "2x8":
+            # as qrr.quant.onnx_quant.residual_rows: the residual at a fixed scale, the row's step / 254
+            step = (rows.abs().amax(-1, keepdim=True) / 127).clamp(min=1e-30)
+            first = (rows / step).round() * step
+            xq = first + ((rows - first) / (step / 254)).round().clamp(-127, 127) * (step / 254)
         elif acts and (rowwise or preset.accuracy_level == 4):
             xq = fake_quant(rows, 8, act_block, True)
         else:

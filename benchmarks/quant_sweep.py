@@ -32,15 +32,18 @@ def schemes() -> dict[str, tuple[str, object]]:
     from qrr.export.presets import PRESETS
 
     int8, int4 = PRESETS["int8"], PRESETS["int4"]
-    previous = dataclasses.replace(int8, kernel="matmulnbits", rotate=False, sites=("attn", "mlp", "down"),
-                                   embedding_block=None, rounding="nearest")
+    previous = dataclasses.replace(int8, kernel="matmulnbits", two_pass=(), rotate=False,
+                                   sites=("attn", "mlp", "down"), embedding_block=None, rounding="nearest")
     return {
         "int8": ("int8", int8),
         "int8-alpha-searched": ("int8", dataclasses.replace(int8, alpha=None)),
         "int8-no-rotation": ("int8", dataclasses.replace(int8, rotate=False, sites=("attn", "mlp", "down", "vo"))),
         "int8-all-sites": ("int8", dataclasses.replace(int8, sites=("attn", "mlp", "down", "vo"))),
         "int8-nearest": ("int8", dataclasses.replace(int8, rounding="nearest")),
-        "int8-matmulnbits": ("int8", dataclasses.replace(int8, kernel="matmulnbits", rounding="nearest")),
+        "int8-one-pass": ("int8", dataclasses.replace(int8, two_pass=())),
+        "int8-kv-two-pass": ("int8", dataclasses.replace(int8, two_pass=("k_proj", "v_proj"))),
+        "int8-qkv-two-pass": ("int8", dataclasses.replace(int8, two_pass=("q_proj", "k_proj", "v_proj"))),
+        "int8-matmulnbits": ("int8", dataclasses.replace(int8, kernel="matmulnbits", rounding="nearest", two_pass=())),
         "int8-previous": ("int8", previous),
         "int4": ("int4", int4),
         "int4-previous": ("int4", dataclasses.replace(int4, rotate=False, sites=("attn", "mlp", "down"))),

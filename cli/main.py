@@ -26,9 +26,11 @@ from qrr.export.presets import (
     METHODS,
     PRECISIONS,
     PRESETS,
+    PROJECTIONS,
     REFERENCE_DTYPES,
     ROUNDINGS,
     parse_eight_bit,
+    parse_two_pass,
 )
 from qrr.export.standin import SHAPES
 from qrr.runtime.bench import WORKLOADS
@@ -57,6 +59,13 @@ def _positive_int(text: str) -> int:
 def _eight_bit(text: str) -> tuple[str, ...]:
     try:
         return parse_eight_bit(text)
+    except QrrError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _two_pass(text: str) -> tuple[str, ...]:
+    try:
+        return parse_two_pass(text)
     except QrrError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -111,6 +120,11 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
                    help="int4 only: what stays at 8 bits, comma-separated from " + ",".join(EIGHT_BIT_PARTS)
                         + ", or none for 4 bits throughout (smallest, least faithful) (default: "
                         + ",".join((*PRESETS["int4"].eight_bit, "embedding")) + ")")
+    p.add_argument("--two-pass", type=_two_pass, default=None, metavar="PROJECTIONS",
+                   help="ONNX int8 (rowwise kernel) only: projections whose int8 activations take a second pass "
+                        "over their rounding residual (about 15 bits; each costs its multiply-adds twice), "
+                        "comma-separated from " + ",".join(PROJECTIONS) + ", or none (fastest) (default: "
+                        + (",".join(PRESETS["int8"].two_pass) or "none") + ")")
     p.add_argument("--attention", choices=ATTENTIONS, default=None,
                    help="ONNX only: ops = standard ONNX ops, gqa = onnxruntime's GroupQueryAttention (CPU only; "
                         "faster on long documents, slower on many short ones) (default: ops)")
@@ -150,13 +164,15 @@ def _export(args: argparse.Namespace) -> int:
     )
     if args.format == "openvino":
         for flag, value in (("--accuracy-level", args.accuracy_level), ("--kernel", args.kernel),
-                            ("--rounding", args.rounding), ("--attention", args.attention)):
+                            ("--rounding", args.rounding), ("--attention", args.attention),
+                            ("--two-pass", args.two_pass)):
             if value is not None:
                 raise QrrError(f"{flag} is an onnxruntime setting; OpenVINO artifacts do not take it")
         run = lambda: export_openvino(args.source, args.output, stream=args.stream, **options)  # noqa: E731
     else:
         run = lambda: export_onnx(args.source, args.output, accuracy_level=args.accuracy_level,  # noqa: E731
                                   kernel=args.kernel, rounding=args.rounding, stream=args.stream,
+                                  two_pass=args.two_pass,
                                   attention=args.attention, **options)
     try:
         run()

@@ -36,6 +36,9 @@ def model_card(manifest: dict[str, Any]) -> str:
         wide.append("the embedding")
     if precision == "int4" and wide:
         weights += f"; {', '.join(wide)} at 8 bits"
+    two_pass = ((quant.get("linear") or {}).get("two_pass") or {}).get("projections")
+    if two_pass:
+        weights += f"; {', '.join(two_pass)} reading their activations in two int8 passes"
     lines = [
         "---", *front, "---", "",
         f"# {checkpoint.rstrip('/').split('/')[-1] or 'Qwen3-Reranker'} — qrr {fmt} {precision}", "",

@@ -35,21 +35,41 @@ DEFAULT_MAX_DROP = {"fp32": 1e-3, "fp16": 0.01, "int8": 0.03, "int4": 0.1}
 REFERENCE_DTYPES = ("float32", "bfloat16")
 
 
+def check_names(parts: tuple[str, ...], allowed: tuple[str, ...], unknown_what: str) -> tuple[str, ...]:
+    """`parts` when each is one of `allowed`; the first that is not gets one error, "unknown <unknown_what>"."""
+    unknown = [p for p in parts if p not in allowed]
+    if unknown:
+        what = unknown_what.format(repr(unknown[0]))
+        raise QrrError(f"unknown {what}; give a comma-separated list from {', '.join(allowed)}, or none")
+    return parts
+
+
 def check_eight_bit(parts: tuple[str, ...]) -> tuple[str, ...]:
     """What an int4 export keeps at 8 bits, each from EIGHT_BIT_PARTS (() for none); unknown names are refused."""
-    unknown = [p for p in parts if p not in EIGHT_BIT_PARTS]
-    if unknown:
-        raise QrrError(f"unknown part {unknown[0]!r} to keep at 8 bits; give a comma-separated list from "
-                       f"{', '.join(EIGHT_BIT_PARTS)}, or none")
-    return parts
+    return check_names(parts, EIGHT_BIT_PARTS, "part {} to keep at 8 bits")
+
+
+def check_two_pass(parts: tuple[str, ...]) -> tuple[str, ...]:
+    """The projections whose int8 activations take two passes (PROJECTIONS; () for none); unknown names are
+    refused."""
+    return check_names(parts, PROJECTIONS, "projection {} for two-pass activations")
+
+
+def parse_parts(text: str) -> tuple[str, ...]:
+    """A comma-separated list of names, each once, or "none" (an empty tuple)."""
+    if text.strip().lower() == "none":
+        return ()
+    return tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip())) or (text,)
 
 
 def parse_eight_bit(text: str) -> tuple[str, ...]:
     """`--eight-bit`'s value: comma-separated names from EIGHT_BIT_PARTS, or "none" (everything at 4 bits)."""
-    if text.strip().lower() == "none":
-        return ()
-    parts = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
-    return check_eight_bit(parts or (text,))
+    return check_eight_bit(parse_parts(text))
+
+
+def parse_two_pass(text: str) -> tuple[str, ...]:
+    """`--two-pass`'s value: comma-separated names from PROJECTIONS, or "none" (one int8 pass everywhere)."""
+    return check_two_pass(parse_parts(text))
 
 
 def check_reference_dtype(dtype: object) -> str:
@@ -84,6 +104,8 @@ class Preset:
     # projections whose weights take 8 bits, in blocks of `eight_bit_block`, in a 4-bit MatMulNBits preset
     eight_bit: tuple[str, ...] = ()
     eight_bit_block: int = 128
+    # rowwise int8: projections whose activations take a second int8 pass over their rounding residual
+    two_pass: tuple[str, ...] = ()
 
     def with_overrides(
         self,
@@ -95,10 +117,12 @@ class Preset:
         rotate: bool | None = None,
         rounding: str | None = None,
         eight_bit: tuple[str, ...] | None = None,
+        two_pass: tuple[str, ...] | None = None,
     ) -> Preset:
         """This preset with the user's overrides, each checked against its choices. GPTQ rounding follows the
         kernel and the method unless asked for: a MatMulNBits kernel or plain rounding (rtn, hqq) turns it off.
-        `eight_bit` names what an int4 preset keeps at 8 bits (EIGHT_BIT_PARTS; () for none)."""
+        `eight_bit` names what an int4 preset keeps at 8 bits (EIGHT_BIT_PARTS; () for none), `two_pass` the
+        projections whose int8 activations (rowwise kernel) take two passes (PROJECTIONS; () for none)."""
         for name, value, choices in (("method", method, METHODS), ("block size", block_size, BLOCK_SIZES),
                                      ("accuracy level", accuracy_level, ACCURACY_LEVELS), ("kernel", kernel, KERNELS),
                                      ("rounding", rounding, ROUNDINGS)):
@@ -114,6 +138,10 @@ class Preset:
             check_eight_bit(eight_bit)
             changes.update(eight_bit=tuple(p for p in eight_bit if p != "embedding"),
                            embedding_bits=8 if "embedding" in eight_bit else 4)
+        if two_pass is not None:
+            changes.update(two_pass=check_two_pass(two_pass))
+        if kernel not in (None, "rowwise") and two_pass is None:
+            changes.update(two_pass=())  # two passes are the rowwise kernel's; MatMulNBits quantizes in blocks
         preset = dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
         if preset.kernel == "rowwise":
             if preset.bits != 8:
@@ -134,6 +162,10 @@ class Preset:
         if self.eight_bit and (self.kernel != "matmulnbits" or self.bits != 4):
             raise QrrError("8-bit projections mix precisions in a 4-bit MatMulNBits preset; this one is "
                            f"{self.bits}-bit {self.kernel}")
+        check_two_pass(self.two_pass)
+        if self.two_pass and (self.kernel != "rowwise"):
+            raise QrrError("two-pass activations are the rowwise int8 kernel's (MatMulNBits quantizes activations "
+                           f"in blocks); this preset is {self.bits}-bit {self.kernel}: give --two-pass none")
         if self.rounding not in ROUNDINGS:
             raise QrrError(f"unknown rounding {self.rounding!r}; choose one of {', '.join(ROUNDINGS)}")
         if self.gptq and self.kernel != "rowwise" and (self.symmetric or self.method == "hqq"):
@@ -169,9 +201,11 @@ class Preset:
 
 # Chosen by measurement over the stand-in family (benchmarks/quant_sweep.py, README "Quantization").
 PRESETS = {
-    # rotation takes the outliers out of the inputs fed by the residual stream; scales cover the two outside it
+    # rotation takes the outliers out of the inputs fed by the residual stream; scales cover the two outside it;
+    # k_proj and v_proj read their activations in two int8 passes: their rounding noise, amplified by attention
+    # (k through Qwen3's per-head k_norm), moved the scores most (README, "Quantization")
     "int8": Preset(bits=8, block_size=32, symmetric=True, accuracy_level=4, embedding_bits=8, method="smoothquant",
-                   kernel="rowwise", rotate=True, sites=("down", "vo"), rounding="gptq"),
+                   kernel="rowwise", rotate=True, sites=("down", "vo"), rounding="gptq", two_pass=("k_proj", "v_proj")),
     # 4-bit where the weights are (MLP, o_proj); q/k/v and the embedding at 8 bits, which moved the scores most
     # at 4 bits (k_proj feeds Qwen3's per-head k_norm, which rescales its error); their blocks of 128 keep the
     # 4B and 8B under 3 and 5.5 GB (README, "Quantization")
@@ -200,16 +234,18 @@ def preset_for(
     rounding: str | None = None,
     calibration: object = None,
     eight_bit: tuple[str, ...] | None = None,
+    two_pass: tuple[str, ...] | None = None,
 ) -> Preset | None:
     """The quantization preset of `precision` with overrides; None for fp32/fp16, which take none."""
     if precision not in PRESETS:
-        given = (method, block_size, accuracy_level, kernel, rotate, rounding, calibration, eight_bit)
+        given = (method, block_size, accuracy_level, kernel, rotate, rounding, calibration, eight_bit, two_pass)
         if any(value is not None for value in given):
-            raise QrrError(f"method, block size, accuracy level, kernel, rotation, rounding, calibration and 8-bit "
-                           f"parts apply to int8 and int4, not {precision}")
+            raise QrrError(f"method, block size, accuracy level, kernel, rotation, rounding, calibration, 8-bit "
+                           f"parts and two-pass activations apply to int8 and int4, not {precision}")
         return None
     preset = PRESETS[precision].with_overrides(method=method, block_size=block_size, accuracy_level=accuracy_level,
-                                               kernel=kernel, rotate=rotate, rounding=rounding, eight_bit=eight_bit)
+                                               kernel=kernel, rotate=rotate, rounding=rounding, eight_bit=eight_bit,
+                                               two_pass=two_pass)
     if calibration is not None and not (preset.scaling or preset.gptq):
         raise QrrError(f"calibration pairs feed awq, smoothquant and gptq rounding; method {preset.method} with "
                        f"{preset.rounding} rounding uses none")

@@ -438,6 +438,9 @@ def export_streamed(
         folded.update(calibration_summary(preset, alphas, calibration, batches))
     linear = dict(linear_infos[0])
     linear["count"] = sum(x["count"] for x in linear_infos)
+    for part in ("eight_bit", "two_pass"):  # counted per layer too
+        if part in linear:
+            linear[part] = {**linear[part], "count": sum(x[part]["count"] for x in linear_infos)}
     return {"linear": linear, "embedding": embedding, "head": "fp32"}, folded or None
 
 
@@ -599,7 +602,8 @@ def _layer_graph(sk: Skeleton, i: int, params: dict[str, Any], preset: Preset | 
         before = produced | stored | set(inputs)
         model, info = quantize_linear(model, bits=preset.bits, block_size=preset.block_size,
                                       symmetric=preset.symmetric, accuracy_level=preset.accuracy_level,
-                                      method=rounding, kernel=preset.kernel, eight_bit=preset.wide)
+                                      method=rounding, kernel=preset.kernel, eight_bit=preset.wide,
+                                      two_pass=preset.two_pass)
         # the quantizer's own names (rq0_…, rq_tiny) repeat in every layer: give them the layer's prefix
         fresh = {x for n in model.graph.node for x in [*n.input, *n.output]} | {t.name for t in model.graph.initializer}
         fresh = {x: f"layers.{i}/{x}" for x in fresh - before if x}

@@ -49,6 +49,7 @@ def export_onnx(
     rounding: str | None = None,
     calibration: str | Path | None = None,
     eight_bit: tuple[str, ...] | None = None,
+    two_pass: tuple[str, ...] | None = None,
     preset: Preset | None = None,
     stream: bool | None = None,
     attention: str | None = None,
@@ -61,7 +62,8 @@ def export_onnx(
     (JSON Lines pairs, default: the built-in set) feeds the activation-aware methods; `kernel` and `rotate`
     override the int8 kernel and the rotation, `rounding` how int8 weights meet their grid ("gptq", the int8
     default, or "nearest"; qrr.quant.gptq), `eight_bit` what int4 keeps at 8 bits (presets.EIGHT_BIT_PARTS:
-    projections and "embedding"; () for none). `preset` replaces the precision's preset whole (sweeps).
+    projections and "embedding"; () for none), `two_pass` the projections whose int8 activations take two
+    passes on the rowwise kernel (presets.PROJECTIONS; () for none). `preset` replaces the precision's preset whole (sweeps).
     `attention` is how the graph computes attention (graph.ATTENTIONS): "ops", standard ONNX ops (the
     default), or "gqa", onnxruntime's GroupQueryAttention (CPU only in fp32: faster on long documents, slower
     on many short rows over a long shared past; README, "Measured").
@@ -77,7 +79,7 @@ def export_onnx(
     if preset is None:
         preset = preset_for(precision, method=method, block_size=block_size, accuracy_level=accuracy_level,
                             kernel=kernel, rotate=rotate, rounding=rounding, calibration=calibration,
-                            eight_bit=eight_bit)
+                            eight_bit=eight_bit, two_pass=two_pass)
     out = check_options(out_dir, max_length, reference_dtype, max_pairs)
     attention = attention_for(attention)
     src = open_source(source, revision, progress)
@@ -142,7 +144,7 @@ def _export_whole(src, out: Path, precision: str, preset: Preset | None, calibra
                 traced, out / MODEL_FILE, bits=preset.bits, block_size=preset.block_size,
                 symmetric=preset.symmetric, accuracy_level=preset.accuracy_level,
                 embedding_bits=preset.embedding_bits, embedding_block=preset.embedding_block,
-                method=rounding, kernel=preset.kernel, eight_bit=preset.wide,
+                method=rounding, kernel=preset.kernel, eight_bit=preset.wide, two_pass=preset.two_pass,
             )
         scheme.update(method=preset.method, smoothing=smoothing)
         return scheme, [MODEL_FILE, MODEL_FILE + ".data"]

@@ -67,6 +67,9 @@ def export_openvino(
     if preset is not None and preset.gptq:
         # NNCF (and the streamed path's MatMulNBits) round onto grids of their own: GPTQ's choices would be re-rounded
         preset = dataclasses.replace(preset, rounding="nearest")
+    if preset is not None and preset.two_pass:
+        # the CPU plugin quantizes activations itself, in groups of 32 per token (openvino_properties)
+        preset = dataclasses.replace(preset, two_pass=())
     missing = [name for name in ("openvino", "nncf") if importlib.util.find_spec(name) is None]
     if missing:
         raise QrrError(f"--format openvino needs {' and '.join(missing)}: {EXTRA}")

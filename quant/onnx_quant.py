@@ -51,10 +51,12 @@ def quantize_weights(
     method: str = "rtn",
     kernel: str = "matmulnbits",
     eight_bit: tuple[tuple[str, ...], int] = ((), 0),
+    two_pass: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Quantize `src` (a float scoring graph) into `dst`; returns the scheme for the manifest.
 
-    kernel "rowwise": int8 per row × int8 per column on the integer GEMM (quantize_rowwise_int8; 8 bits only).
+    kernel "rowwise": int8 per row × int8 per column on the integer GEMM (quantize_rowwise_int8; 8 bits only),
+    with the activations of the projections in `two_pass` (such as "k_proj") in two int8 passes.
     kernel "matmulnbits": `bits`-bit weights in blocks of `block_size` (MatMulNBits), activations per
     `accuracy_level`; `eight_bit` = (projections such as "k_proj", block) puts those at 8 bits in their own blocks.
     The embedding: `embedding_bits` in blocks of `embedding_block`, or per row when None.
@@ -73,7 +75,8 @@ def quantize_weights(
         raise QuantizationError(f"embedding_bits must be 4, 8 or None, got {embedding_bits}")
     model = onnx.load(str(src))
     model, linear = quantize_linear(model, bits=bits, block_size=block_size, symmetric=symmetric,
-                                    accuracy_level=accuracy_level, method=method, kernel=kernel, eight_bit=eight_bit)
+                                    accuracy_level=accuracy_level, method=method, kernel=kernel, eight_bit=eight_bit,
+                                    two_pass=two_pass)
     scheme: dict[str, Any] = {"linear": linear, "embedding": quantize_embedding(model, embedding_bits, embedding_block),
                               "head": "fp32"}
     save_model(model, Path(dst))
@@ -81,17 +84,23 @@ def quantize_weights(
 
 
 def quantize_linear(model: onnx.ModelProto, *, bits: int, block_size: int, symmetric: bool, accuracy_level: int,
-                    method: str, kernel: str, eight_bit: tuple[tuple[str, ...], int] = ((), 0)
-                    ) -> tuple[onnx.ModelProto, dict[str, Any]]:
+                    method: str, kernel: str, eight_bit: tuple[tuple[str, ...], int] = ((), 0),
+                    two_pass: tuple[str, ...] = ()) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Every MatMul with a constant 2-D weight of `model`, on `kernel`; the new model and the scheme. Runs on a
     whole graph or on one layer's (qrr.export.streamed_export). With `eight_bit` = (projection names such as
     "k_proj", block; MatMulNBits only), those projections' MatMuls take 8 bits in blocks of that size (their
-    activations too, at accuracy level 4), rounded to nearest."""
+    activations too, at accuracy level 4), rounded to nearest. On the rowwise kernel, the MatMuls of the
+    projections in `two_pass` read their activations in two int8 passes (quantize_rowwise_int8)."""
     projections, wide_block = eight_bit
     if kernel == "rowwise":
         if projections:
             raise QuantizationError("the rowwise kernel is 8-bit throughout; 8-bit projections mix MatMulNBits bits")
-        return model, quantize_rowwise_int8(model)
+        linear = quantize_rowwise_int8(model, projection_matmuls(model, two_pass, "to read in two passes"))
+        if two_pass:
+            linear["two_pass"]["projections"] = list(two_pass)
+        return model, linear
+    if two_pass:
+        raise QuantizationError("two-pass activations are the rowwise kernel's; MatMulNBits quantizes them in blocks")
     wide: dict[str, Any] | None = None
     if projections and bits != 8:
         names = projection_matmuls(model, projections)
@@ -108,7 +117,8 @@ def quantize_linear(model: onnx.ModelProto, *, bits: int, block_size: int, symme
     return model, linear
 
 
-def projection_matmuls(model: onnx.ModelProto, projections: tuple[str, ...]) -> set[str]:
+def projection_matmuls(model: onnx.ModelProto, projections: tuple[str, ...], purpose: str = "to keep at 8 bits"
+                       ) -> set[str]:
     """The names of the MatMuls of `projections` (their node names hold /k_proj/ …, as the tracer scopes them);
     refuses a projection the graph does not have, or one of its MatMuls without a constant weight."""
     consts = {t.name for t in model.graph.initializer}
@@ -116,8 +126,8 @@ def projection_matmuls(model: onnx.ModelProto, projections: tuple[str, ...]) -> 
     for projection in projections:
         found = [n for n in model.graph.node if n.op_type == "MatMul" and f"/{projection}/" in n.name]
         if not found or any(n.input[1] not in consts for n in found):
-            raise QuantizationError(f"the graph has no MatMul of {projection} with a constant weight to keep at "
-                                    "8 bits; name projections as the checkpoint does (q_proj, k_proj, …)")
+            raise QuantizationError(f"the graph has no MatMul of {projection} with a constant weight {purpose}; "
+                                    "name projections as the checkpoint does (q_proj, k_proj, …)")
         names.update(n.name for n in found)
     return names
 
@@ -298,7 +308,7 @@ def embedding_blocks(table: np.ndarray, block_size: int, bits: int) -> tuple[np.
     return q, scale, zp
 
 
-def quantize_rowwise_int8(model: onnx.ModelProto) -> dict[str, Any]:
+def quantize_rowwise_int8(model: onnx.ModelProto, two_pass: set[str] = frozenset()) -> dict[str, Any]:
     """Every MatMul with a constant 2-D weight → int8 activations with one scale per row (token) × int8
     weights with one scale per output column, on onnxruntime's integer GEMM (MatMulIntegerToFloat).
 
@@ -306,6 +316,10 @@ def quantize_rowwise_int8(model: onnx.ModelProto) -> dict[str, Any]:
     batch (which per-tensor scales, as in quantize_dynamic, do). The values are stored as uint8 around a
     zero point of 128: onnxruntime's u8×s8 kernels are the fast ones. Inputs read by several layers (q/k/v,
     gate/up) are quantized once. Outliers must be gone first (rotation, smoothing): one scale spans a row.
+
+    The MatMuls named in `two_pass` read their activations in two int8 passes (residual_rows): the row, then
+    what its rounding left, each on the integer GEMM with the same weights, summed: about 15 bits of
+    activation for twice these layers' multiply-adds.
     """
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
@@ -316,9 +330,11 @@ def quantize_rowwise_int8(model: onnx.ModelProto) -> dict[str, Any]:
         "rq_tiny": np.array(1e-30, dtype=np.float32), "rq_qmax": np.array(127.0, dtype=np.float32),
         "rq_zp": np.array(128, dtype=np.uint8), "rq_flat": np.array([-1], dtype=np.int64),
         "rq_zero": np.array([0], dtype=np.int64), "rq_last": np.array([-1], dtype=np.int64),
+        "rq_half_step": np.array(1 / 254, dtype=np.float32),  # a residual's scale: ±s/2 onto ±127
     }
     graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
     quantized: dict[str, tuple[str, str, str, str]] = {}  # input → (x_q, row scales, output shape prefix)
+    residuals: dict[str, tuple[str, str]] = {}  # input → (its rounding residual's codes, their row scales)
     for index, node in enumerate(targets):
         x, weight = node.input[0], inits[node.input[1]]
         w = numpy_helper.to_array(weight).astype(np.float32)  # [K, N]
@@ -350,16 +366,48 @@ def quantize_rowwise_int8(model: onnx.ModelProto) -> dict[str, Any]:
             quantized[x] = (f"{q}_q", f"{q}_s", f"{q}_lead")
         x_q, rows, lead = quantized[x]
         out = node.output[0]
+        if node.name in two_pass:  # the row's pass and its residual's, one GEMM each on the same weights, summed
+            if x not in residuals:
+                r = f"rqr{len(residuals)}"
+                new += residual_rows(x_q.removesuffix("_q"), r)
+                residuals[x] = (f"{r}_rq", f"{r}_rs")
+            new += [helper.make_node("MatMulIntegerToFloat", [x_q, f"{p}_w_q", rows, f"{p}_w_s", "rq_zp"],
+                                     [f"{p}_y_first"], name=f"{p}_gemm", domain="com.microsoft"),
+                    helper.make_node("MatMulIntegerToFloat", [residuals[x][0], f"{p}_w_q", residuals[x][1],
+                                                              f"{p}_w_s", "rq_zp"],
+                                     [f"{p}_y_residual"], name=f"{p}_gemm_residual", domain="com.microsoft"),
+                    helper.make_node("Add", [f"{p}_y_first", f"{p}_y_residual"], [f"{p}_y2d"], name=f"{p}_sum")]
+        else:
+            new.append(helper.make_node("MatMulIntegerToFloat", [x_q, f"{p}_w_q", rows, f"{p}_w_s", "rq_zp"],
+                                        [f"{p}_y2d"], name=f"{p}_gemm", domain="com.microsoft"))
         new += [
-            helper.make_node("MatMulIntegerToFloat", [x_q, f"{p}_w_q", rows, f"{p}_w_s", "rq_zp"], [f"{p}_y2d"],
-                             name=f"{p}_gemm", domain="com.microsoft"),
             helper.make_node("Concat", [lead, f"{p}_n"], [f"{p}_shape"], name=f"{p}_shape", axis=0),
             helper.make_node("Reshape", [f"{p}_y2d", f"{p}_shape"], [out], name=f"{p}_reshape"),
         ]
         _replace(graph, node, new)
     _use_contrib_ops(model)
-    return {"op": "MatMulIntegerToFloat", "bits": 8, "weights": "int8 per output column, symmetric",
-            "activations": "int8 per row (token), symmetric, computed in the graph", "count": len(targets)}
+    scheme = {"op": "MatMulIntegerToFloat", "bits": 8, "weights": "int8 per output column, symmetric",
+              "activations": "int8 per row (token), symmetric, computed in the graph", "count": len(targets)}
+    if two_pass:
+        scheme["two_pass"] = {"count": len(two_pass & {n.name for n in targets}),
+                              "activations": "int8 per row, then the row's rounding residual at 1/254 of its step"}
+    return scheme
+
+
+def residual_rows(q: str, r: str) -> list[onnx.NodeProto]:
+    """Nodes that quantize a row-quantized input's rounding residual: `q`_2d its float rows [M, K], `q`_q their
+    uint8 codes around 128 at the per-row scales `q`_s [M, 1] / `q`_s1 [M] (zero points `q`_zp) → `r`_rq, the
+    residual's uint8 codes, and `r`_rs [M, 1] its scales. A row's residual lies within half its step, ±s/2, so
+    its scale is s / 254, with no reduction over the row; rows stay independent of each other."""
+    return [
+        helper.make_node("DequantizeLinear", [f"{q}_q", f"{q}_s1", f"{q}_zp"], [f"{r}_first"], name=f"{r}_first",
+                         axis=0),
+        helper.make_node("Sub", [f"{q}_2d", f"{r}_first"], [f"{r}_res"], name=f"{r}_residual"),
+        helper.make_node("Mul", [f"{q}_s", "rq_half_step"], [f"{r}_rs"], name=f"{r}_scale"),  # [M, 1]
+        helper.make_node("Mul", [f"{q}_s1", "rq_half_step"], [f"{r}_rs1"], name=f"{r}_scale_1d"),  # [M]
+        helper.make_node("QuantizeLinear", [f"{r}_res", f"{r}_rs1", f"{q}_zp"], [f"{r}_rq"], name=f"{r}_quantize",
+                         axis=0),
+    ]
 
 
 def _use_contrib_ops(model: onnx.ModelProto) -> None:

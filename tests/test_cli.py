@@ -301,3 +301,20 @@ def test_rounding_reaches_the_onnx_exporter_and_openvino_refuses_it(monkeypatch,
     assert calls[0]["rounding"] == "nearest"
     assert export_main(["SRC", "-o", "out", "--format", "openvino", "--quant", "int8", "--rounding", "gptq"]) == 2
     assert "--rounding is an onnxruntime setting" in capsys.readouterr().err
+
+
+def test_two_pass_reaches_the_onnx_exporter_and_openvino_refuses_it(monkeypatch, capsys):
+    pytest.importorskip("torch")
+    import qrr.export
+
+    calls = []
+    monkeypatch.setattr(qrr.export, "export_onnx", lambda source, out, **options: calls.append(options))
+    assert export_main(["SRC", "-o", "out", "--quant", "int8", "--two-pass", "q_proj,k_proj,v_proj"]) == 0
+    assert export_main(["SRC", "-o", "out", "--quant", "int8", "--two-pass", "none"]) == 0
+    assert export_main(["SRC", "-o", "out", "--quant", "int8"]) == 0
+    assert [c["two_pass"] for c in calls] == [("q_proj", "k_proj", "v_proj"), (), None]
+    with pytest.raises(SystemExit):
+        export_main(["SRC", "-o", "out", "--quant", "int8", "--two-pass", "lm_head"])
+    assert "unknown projection 'lm_head' for two-pass activations" in capsys.readouterr().err
+    assert export_main(["SRC", "-o", "out", "--format", "openvino", "--quant", "int8", "--two-pass", "none"]) == 2
+    assert "--two-pass is an onnxruntime setting" in capsys.readouterr().err

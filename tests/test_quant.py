@@ -295,8 +295,10 @@ def test_rowwise_int8_graph_and_neighbour_independence(int8_artifact):
     assert m["quantization"]["linear"]["op"] == "MatMulIntegerToFloat"
     assert m["quantization"]["smoothing"]["rounding"]["method"] == "gptq"
     assert m["quantization"]["embedding"]["op"] == "GatherBlockQuantized" and m["quantization"]["embedding"]["bits"] == 8
+    assert m["quantization"]["linear"]["two_pass"]["count"] == 2 * 2  # k_proj and v_proj of each layer
     ops = [n.op_type for n in onnx.load(str(int8_artifact / "model.onnx"), load_external_data=False).graph.node]
-    assert "MatMulNBits" not in ops and "DynamicQuantizeLinear" not in ops and ops.count("MatMulIntegerToFloat") == 14
+    assert "MatMulNBits" not in ops and "DynamicQuantizeLinear" not in ops
+    assert ops.count("MatMulIntegerToFloat") == 2 * (7 + 2)  # a second GEMM for k and v's residuals
     docs = [d for d in DOCS if d]
     together = np.array(Reranker(int8_artifact).score(QUERY, docs))
     alone = np.array([Reranker(int8_artifact).score(QUERY, [d])[0] for d in docs])
@@ -305,6 +307,79 @@ def test_rowwise_int8_graph_and_neighbour_independence(int8_artifact):
     shuffled = np.empty(len(docs))
     shuffled[order] = small.score(QUERY, [docs[i] for i in order])
     assert np.abs(together - alone).max() < 1e-6 and np.abs(together - shuffled).max() < 1e-6
+
+
+def test_two_pass_activations_run_as_emulated_and_stay_row_independent():
+    """A projection read in two int8 passes (the row, then its rounding residual at a step 254 times finer)
+    computes what the ablation emulates, is far closer to the exact product than one pass, and a row's result is
+    bit for bit the same alone and in a batch."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from qrr.quant.onnx_quant import quantize_linear
+
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(29, 96, generator=gen)
+    w = torch.randn(40, 96, generator=gen) * 0.05
+
+    def session(two_pass):
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["y"], name="/layers.0/self_attn/k_proj/MatMul")], "one",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 96])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 40])],
+            initializer=[numpy_helper.from_array(w.T.contiguous().numpy(), "w")])
+        model, scheme = quantize_linear(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+                                        bits=8, block_size=32, symmetric=True, accuracy_level=4, method="rtn",
+                                        kernel="rowwise", two_pass=two_pass)
+        assert ("two_pass" in scheme) == bool(two_pass)
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    two, one = session(("k_proj",)), session(())
+    ran, ran_one = (s.run(None, {"x": x.numpy()})[0] for s in (two, one))
+    step = x.abs().amax(-1, keepdim=True) / 127
+    first = (x / step).round() * step
+    emulated = first + ((x - first) / (step / 254)).round() * (step / 254)
+    w_step = w.abs().amax(-1, keepdim=True) / 127
+    expected = (emulated @ ((w / w_step).round() * w_step).T).numpy()
+    exact = (x @ w.T).numpy()
+    np.testing.assert_allclose(ran, expected, rtol=1e-5, atol=1e-5 * np.abs(exact).max())
+    weights_only = (x @ ((w / w_step).round() * w_step).T).numpy()  # what is left is the weights' rounding
+    assert np.abs(ran - weights_only).max() < np.abs(ran_one - weights_only).max() / 50
+    alone = np.concatenate([two.run(None, {"x": x[i:i + 1].numpy()})[0] for i in range(len(x))])
+    assert np.array_equal(alone, ran)
+    with pytest.raises(QrrError, match="no MatMul of v_proj"):
+        session(("v_proj",))
+
+
+def test_two_pass_projections_are_checked():
+    from qrr.export.presets import parse_two_pass, preset_for
+
+    assert preset_for("int8").two_pass == ("k_proj", "v_proj")
+    assert parse_two_pass("q_proj, k_proj,q_proj") == ("q_proj", "k_proj") and parse_two_pass("none") == ()
+    assert preset_for("int8", two_pass=()).two_pass == ()
+    assert preset_for("int8", kernel="matmulnbits").two_pass == ()  # MatMulNBits quantizes activations in blocks
+    with pytest.raises(QrrError, match="unknown projection 'embedding' for two-pass"):
+        parse_two_pass("k_proj,embedding")
+    with pytest.raises(QrrError, match="rowwise int8 kernel's"):
+        preset_for("int8", kernel="matmulnbits", two_pass=("k_proj",))
+    with pytest.raises(QrrError, match="rowwise int8 kernel's"):
+        preset_for("int4", two_pass=("k_proj",))
+    with pytest.raises(QrrError, match="apply to int8 and int4"):
+        preset_for("fp32", two_pass=())
+
+
+def test_two_pass_moves_the_scores_less_than_one_pass(trained, tmp_path):
+    """k and v read in two int8 passes (the preset) against one pass everywhere (--two-pass none), on the
+    outlier stand-in: the worst pair moves less."""
+    one = tmp_path / "one-pass"
+    export_onnx(str(trained), one, quant="int8", two_pass=(), validate=False, progress=QUIET)
+    assert "two_pass" not in load_manifest(one)["quantization"]["linear"]
+    two = tmp_path / "two-pass"
+    export_onnx(str(trained), two, quant="int8", validate=False, progress=QUIET)
+    drift = {name: validate_artifact(art, str(trained), max_drop=1.0)["metrics"]["max_abs_dp"]
+             for name, art in (("two", two), ("one", one))}
+    assert drift["two"] < drift["one"], drift
 
 
 def _correlated_inputs(rows: int, width: int, seed: int = 0) -> torch.Tensor:

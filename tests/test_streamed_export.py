@@ -49,14 +49,16 @@ def deep_standin(tmp_path_factory):
 @pytest.mark.parametrize("quant", ["fp32", "int8", "int4"])
 def test_streamed_export_equals_the_whole_model_path(standin, deep_standin, tmp_path, quant):
     for checkpoint in (standin, deep_standin):
-        artifacts = {}
+        artifacts, linear = {}, {}
         for stream in (False, True):
             out = tmp_path / f"{checkpoint.parent.name}-{stream}"
             manifest = export_onnx(str(checkpoint), out, quant=quant, validate=False, stream=stream,
                                    progress=Progress(enabled=False))
             assert manifest["streamed"] is stream
             artifacts[stream] = _scores(out)
+            linear[stream] = (manifest["quantization"] or {}).get("linear")
         assert np.array_equal(artifacts[False], artifacts[True]), np.abs(artifacts[False] - artifacts[True]).max()
+        assert linear[False] == linear[True]  # the counts too, which the streamed path sums over its layers
 
 
 def test_streamed_export_reads_one_layer_at_a_time(standin, tmp_path, monkeypatch):
