@@ -8,6 +8,11 @@ from collections.abc import Sequence
 # cost memory, and are no faster. A GPU wants them large: workload A (32 documents × ~215 tokens, 0.6B fp16,
 # H100) ran 85 pairs/s in 17 runs at 512 and 341 pairs/s in 2 runs at 16384 (benchmarks/gpu_profile.py).
 DEFAULT_BATCH_TOKENS = 512
+# ... for a model 1024 wide (the 0.6B); wider ones take proportionally fewer tokens, so that a batch's activations
+# stay the same size: the 4B int4 (2560 wide) peaked at 3575 against 3674 MiB with 256 tokens against 512, at the
+# same speed (workload A, 6 pairs), against a 2832 MiB artifact
+REFERENCE_WIDTH = 1024
+MIN_BATCH_TOKENS = 128
 GPU_BATCH_TOKENS = 16384
 MAX_BATCH = 64
 # Attention scores per batch, rows × new tokens × (past + new tokens), times the heads and 4 bytes: the one
@@ -19,10 +24,15 @@ MAX_ATTENTION_CELLS = 4 * 2**20
 CHUNK_TOKENS = 1024
 
 
-def default_batch_tokens(device_kind: str) -> int:
-    """The batch size in padded tokens for a device kind ('cpu', 'cuda', 'dml', OpenVINO's 'gpu' …)."""
+def default_batch_tokens(device_kind: str, hidden_size: int | None = None) -> int:
+    """The batch size in padded tokens for a device kind ('cpu', 'cuda', 'dml', OpenVINO's 'gpu' …) and, on a
+    CPU, the model's width: 512 up to 1024 wide, proportionally fewer above (the 4B 204, the 8B 128)."""
     kind = device_kind.lower().split(".")[0].split(":")[0]
-    return GPU_BATCH_TOKENS if kind in ("cuda", "dml", "gpu") else DEFAULT_BATCH_TOKENS
+    if kind in ("cuda", "dml", "gpu"):
+        return GPU_BATCH_TOKENS
+    if isinstance(hidden_size, int) and hidden_size > REFERENCE_WIDTH:
+        return max(MIN_BATCH_TOKENS, DEFAULT_BATCH_TOKENS * REFERENCE_WIDTH // hidden_size)
+    return DEFAULT_BATCH_TOKENS
 
 
 def plan_batches(

@@ -101,7 +101,8 @@ class Reranker(CrossEncoderCalls):
                            cache)
         self.session = open_session(self.path / m["model_file"], m["format"], spec)
         self.device_kind = self.session.device
-        self.batch_tokens = batch_tokens or default_batch_tokens(self.device_kind)
+        self.batch_tokens = batch_tokens or default_batch_tokens(self.device_kind,
+                                                                 (m.get("source") or {}).get("hidden_size"))
         if gqa and self.device_kind != "cpu":
             warnings.warn(
                 f"{self.path} computes attention with onnxruntime's GroupQueryAttention in {m['precision']}, which "

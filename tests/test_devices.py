@@ -91,6 +91,9 @@ def test_cuda_session_is_asked_for_the_device(fp32_artifact, monkeypatch):
     assert Reranker(fp32_artifact, device="cuda:1", batch_tokens=700).batch_tokens == 700
     assert Reranker(fp32_artifact).batch_tokens == DEFAULT_BATCH_TOKENS
     assert [default_batch_tokens(k) for k in ("CPU", "GPU.1", "NPU", "dml", "AUTO")] == [512, 16384, 512, 16384, 512]
+    # a CPU batch holds as many activations for a wider model: the 0.6B, 4B and 8B widths
+    assert [default_batch_tokens("cpu", h) for h in (1024, 2560, 4096, 64)] == [512, 204, 128, 512]
+    assert default_batch_tokens("cuda", 4096) == GPU_BATCH_TOKENS
 
 
 def test_gqa_on_a_gpu_warns_that_it_runs_on_the_cpu(gqa_artifact, monkeypatch):
