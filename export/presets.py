@@ -165,7 +165,7 @@ class Preset:
         check_two_pass(self.two_pass)
         if self.two_pass and (self.kernel != "rowwise"):
             raise QrrError("two-pass activations are the rowwise int8 kernel's (MatMulNBits quantizes activations "
-                           f"in blocks); this preset is {self.bits}-bit {self.kernel}: give --two-pass none")
+                           f"in blocks); this preset is {self.bits}-bit {self.kernel}: leave --two-pass out")
         if self.rounding not in ROUNDINGS:
             raise QrrError(f"unknown rounding {self.rounding!r}; choose one of {', '.join(ROUNDINGS)}")
         if self.gptq and self.kernel != "rowwise" and (self.symmetric or self.method == "hqq"):
