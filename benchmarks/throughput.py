@@ -41,9 +41,8 @@ Pair = tuple[str, str]
 Scorer = Callable[[Sequence[Pair]], Sequence[float]]
 
 ENGINES = ["recipe", "recipe-keep1", "optimum-fp32", "optimum-int8", "genai-fp32", "genai-int8", "llamacpp-q8_0",
-           "qrr-onnx-fp32", "qrr-onnx-int8", "qrr-onnx-int8onepass", "qrr-onnx-int8gqa", "qrr-onnx-int8nbits", "qrr-onnx-int4",
-           "qrr-openvino-fp32",
-           "qrr-openvino-int8", "qrr-openvino-int4"]
+           "qrr-onnx-fp32", "qrr-onnx-int8", "qrr-onnx-int8onepass", "qrr-onnx-int8gqa", "qrr-onnx-int8nbits",
+           "qrr-onnx-int4", "qrr-openvino-fp32", "qrr-openvino-int8", "qrr-openvino-int4"]
 # qrr artifacts other than a precision's preset: the name's last part → (precision, export options)
 VARIANTS = {
     "int8nbits": ("int8", {"kernel": "matmulnbits"}),  # the previous int8 kernel, MatMulNBits blocks of 32

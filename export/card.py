@@ -31,12 +31,13 @@ def model_card(manifest: dict[str, Any]) -> str:
     size = sum(manifest["files"].values()) / 2**20
     weights = f"{precision} weights"
     quant = manifest.get("quantization") or {}
-    wide = [*((quant.get("linear") or {}).get("eight_bit") or {}).get("projections", [])]
+    linear = quant.get("linear") or {}
+    wide = [*(linear.get("eight_bit") or {}).get("projections", [])]
     if precision == "int4" and (quant.get("embedding") or {}).get("bits") == 8:
         wide.append("the embedding")
     if precision == "int4" and wide:
         weights += f"; {', '.join(wide)} at 8 bits"
-    two_pass = ((quant.get("linear") or {}).get("two_pass") or {}).get("projections")
+    two_pass = (linear.get("two_pass") or {}).get("projections")
     if two_pass:
         weights += f"; {', '.join(two_pass)} reading their activations in two int8 passes"
     lines = [

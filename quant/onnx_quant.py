@@ -366,20 +366,19 @@ def quantize_rowwise_int8(model: onnx.ModelProto, two_pass: set[str] = frozenset
             quantized[x] = (f"{q}_q", f"{q}_s", f"{q}_lead")
         x_q, rows, lead = quantized[x]
         out = node.output[0]
-        if node.name in two_pass:  # the row's pass and its residual's, one GEMM each on the same weights, summed
+        two = node.name in two_pass  # the row's pass and its residual's, one GEMM each on the same weights, summed
+        new.append(helper.make_node("MatMulIntegerToFloat", [x_q, f"{p}_w_q", rows, f"{p}_w_s", "rq_zp"],
+                                    [f"{p}_y_first" if two else f"{p}_y2d"], name=f"{p}_gemm", domain="com.microsoft"))
+        if two:
             if x not in residuals:
                 r = f"rqr{len(residuals)}"
                 new += residual_rows(x_q.removesuffix("_q"), r)
                 residuals[x] = (f"{r}_rq", f"{r}_rs")
-            new += [helper.make_node("MatMulIntegerToFloat", [x_q, f"{p}_w_q", rows, f"{p}_w_s", "rq_zp"],
-                                     [f"{p}_y_first"], name=f"{p}_gemm", domain="com.microsoft"),
-                    helper.make_node("MatMulIntegerToFloat", [residuals[x][0], f"{p}_w_q", residuals[x][1],
-                                                              f"{p}_w_s", "rq_zp"],
+            residual_q, residual_scales = residuals[x]
+            new += [helper.make_node("MatMulIntegerToFloat",
+                                     [residual_q, f"{p}_w_q", residual_scales, f"{p}_w_s", "rq_zp"],
                                      [f"{p}_y_residual"], name=f"{p}_gemm_residual", domain="com.microsoft"),
                     helper.make_node("Add", [f"{p}_y_first", f"{p}_y_residual"], [f"{p}_y2d"], name=f"{p}_sum")]
-        else:
-            new.append(helper.make_node("MatMulIntegerToFloat", [x_q, f"{p}_w_q", rows, f"{p}_w_s", "rq_zp"],
-                                        [f"{p}_y2d"], name=f"{p}_gemm", domain="com.microsoft"))
         new += [
             helper.make_node("Concat", [lead, f"{p}_n"], [f"{p}_shape"], name=f"{p}_shape", axis=0),
             helper.make_node("Reshape", [f"{p}_y2d", f"{p}_shape"], [out], name=f"{p}_reshape"),
