@@ -16,7 +16,7 @@ from .manifest import load_manifest
 from .planner import CHUNK_TOKENS, default_batch_tokens, plan_batches, plan_prefixes
 from .prompt import PromptTokenizer, Truncation, check_documents, check_text
 from .scorer import CrossEncoderCalls, RerankResult, check_top_k, ranked
-from .session import HINTS, SessionSpec, open_session
+from .session import HINTS, SessionSpec, open_session_while
 
 
 def physical_cores() -> int:
@@ -76,15 +76,6 @@ class Reranker(CrossEncoderCalls):
                              f"got {batch_tokens!r}")
         if performance_hint not in HINTS:  # checked for every format, so a typo never waits for an OpenVINO artifact
             raise InputError(f"performance_hint must be 'latency' or 'throughput', got {performance_hint!r}")
-        prompt = m["prompt"]
-        self.tokenizer = PromptTokenizer(
-            self.path / m["tokenizer_file"],
-            prefix=prompt["prefix"],
-            suffix=prompt["suffix"],
-            template=prompt["template"],
-            default_instruction=prompt["default_instruction"],
-            max_length=max_length,
-        )
         self.max_length = max_length
         self.pad_token_id = int(m["pad_token_id"])
         self.device = device
@@ -99,7 +90,20 @@ class Reranker(CrossEncoderCalls):
         cache = LoadCache.of(self.path, list(m["files"])) if load_cache else None
         spec = SessionSpec(device, self.threads, tuple(m["outputs"]), properties, performance_hint, bool(copy_weights),
                            cache)
-        self.session = open_session(self.path / m["model_file"], m["format"], spec)
+        prompt = m["prompt"]
+
+        def tokenizer() -> PromptTokenizer:
+            return PromptTokenizer(
+                self.path / m["tokenizer_file"],
+                prefix=prompt["prefix"],
+                suffix=prompt["suffix"],
+                template=prompt["template"],
+                default_instruction=prompt["default_instruction"],
+                max_length=max_length,
+            )
+
+        # the tokenizer loads while the backend compiles (README, "Load time and memory")
+        self.session, self.tokenizer = open_session_while(self.path / m["model_file"], m["format"], spec, tokenizer)
         self.device_kind = self.session.device
         self.batch_tokens = batch_tokens or default_batch_tokens(self.device_kind,
                                                                  (m.get("source") or {}).get("hidden_size"))

@@ -13,7 +13,7 @@ from conftest import DOCS, QUERY
 
 from qrr.runtime import Reranker
 from qrr.runtime.cache import ENTRY_FILE, LoadCache
-from qrr.runtime.errors import LoadCacheWarning
+from qrr.runtime.errors import ArtifactError, LoadCacheWarning
 
 
 @pytest.fixture
@@ -148,3 +148,97 @@ def test_the_entry_of_a_deleted_artifact_goes_with_the_next_write(artifact, cach
 
 def test_copied_weights_skip_the_cache(artifact, cache):
     assert load(artifact, copy_weights=True).session.load_cache == "off" and not cache.exists()
+
+
+# -- the tokenizer loads while the backend does (session.open_session_while) ------------------------------
+
+
+def test_onnxruntime_loads_inside_a_call_the_overlap_waits_for(int8_artifact):
+    """The overlap rests on onnxruntime doing its load in a native call named in NATIVE_LOADS: if an upgrade
+    renames it, the load would silently run in sequence again, so this fails instead."""
+    import sys
+
+    import onnxruntime as ort
+
+    from qrr.runtime.session import NATIVE_LOADS
+
+    calls: set[str] = set()
+
+    def watch(frame, event, arg):
+        if event == "c_call":
+            calls.add(getattr(arg, "__name__", ""))
+
+    sys.setprofile(watch)
+    try:
+        ort.InferenceSession(str(int8_artifact / "model.onnx"))
+    finally:
+        sys.setprofile(None)
+    assert calls & NATIVE_LOADS
+
+
+def fake_backend(monkeypatch, native_s: float, error: Exception | None = None) -> dict:
+    """A backend whose load spends `native_s` in a native call (time.sleep, counted as one) and may fail."""
+    import time
+
+    from qrr.runtime import session
+
+    seen: dict = {}
+
+    class Slow:
+        def __init__(self, model_file, spec):
+            seen["load_start"] = time.perf_counter()
+            time.sleep(native_s)
+            seen["load_end"] = time.perf_counter()
+            if error is not None:
+                raise error
+
+    monkeypatch.setattr(session, "backend_of", lambda model_file, format: Slow)
+    monkeypatch.setattr(session, "NATIVE_LOADS", frozenset({"sleep"}))
+    return seen
+
+
+def test_work_runs_while_the_backend_is_in_its_native_load(monkeypatch, tmp_path):
+    import time
+
+    from qrr.runtime.session import SessionSpec, open_session_while
+
+    seen = fake_backend(monkeypatch, 0.5)
+    session, started = open_session_while(tmp_path / "model.onnx", "onnx", SessionSpec("cpu", 1, ("a", "b")),
+                                          time.perf_counter)
+    assert seen["load_start"] <= started < seen["load_end"]  # overlapped, not in sequence
+    assert type(session).__name__ == "Slow"
+
+
+def test_a_backend_without_a_native_load_runs_before_the_work(monkeypatch, tmp_path):
+    import time
+
+    from qrr.runtime import session
+
+    seen = fake_backend(monkeypatch, 0.05)
+    monkeypatch.setattr(session, "NATIVE_LOADS", frozenset({"no_such_call"}))
+    _, started = session.open_session_while(tmp_path / "m", "onnx", session.SessionSpec("cpu", 1, ("a", "b")),
+                                            time.perf_counter)
+    assert started >= seen["load_end"]
+
+
+def test_overlapped_errors_come_as_in_sequence(monkeypatch, tmp_path):
+    """The work's error first (the tokenizer's, as before the overlap), then the load's; each is the original."""
+    from qrr.runtime.errors import ArtifactError, InputError
+    from qrr.runtime.session import SessionSpec, open_session_while
+
+    spec = SessionSpec("cpu", 1, ("a", "b"))
+    fake_backend(monkeypatch, 0.05, ArtifactError("the model is damaged"))
+
+    def bad_work():
+        raise InputError("max_length leaves no room")
+
+    with pytest.raises(InputError, match="no room"):
+        open_session_while(tmp_path / "m", "onnx", spec, bad_work)
+    with pytest.raises(ArtifactError, match="damaged"):
+        open_session_while(tmp_path / "m", "onnx", spec, lambda: 1)
+
+
+def test_a_damaged_tokenizer_is_reported_after_an_overlapped_load(artifact):
+    (artifact / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="tokenizer"):
+        Reranker(artifact, threads=1)
