@@ -139,7 +139,7 @@ class Preset:
             changes.update(eight_bit=tuple(p for p in eight_bit if p != "embedding"),
                            embedding_bits=8 if "embedding" in eight_bit else 4)
         if two_pass is not None:
-            changes.update(two_pass=check_two_pass(two_pass))
+            changes.update(two_pass=two_pass)  # its names are checked where every preset's are (__post_init__)
         if kernel not in (None, "rowwise") and two_pass is None:
             changes.update(two_pass=())  # two passes are the rowwise kernel's; MatMulNBits quantizes in blocks
         preset = dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -153,9 +153,7 @@ class Preset:
         return preset
 
     def __post_init__(self) -> None:
-        unknown = [p for p in self.eight_bit if p not in PROJECTIONS]
-        if unknown:
-            raise QrrError(f"unknown projection {unknown[0]!r} for 8-bit weights; choose from {', '.join(PROJECTIONS)}")
+        check_names(self.eight_bit, PROJECTIONS, "projection {} for 8-bit weights")
         if self.eight_bit_block not in BLOCK_SIZES:
             raise QrrError(f"unknown 8-bit block size {self.eight_bit_block}; choose one of "
                            f"{', '.join(map(str, BLOCK_SIZES))}")
