@@ -7,6 +7,10 @@ folder is on sys.path then, so `from common import …` works.
 from __future__ import annotations
 
 import json
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +49,29 @@ def save(out: Path, stem: str, result: dict[str, Any], header: list[str], rows: 
     table += ["| " + " | ".join(row) + " |" for row in rows]
     (out / f"{stem}.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
+
+
+def interleaved(scorers: Sequence[Callable[[Sequence[Any]], Any]], pairs: Sequence[Any], *, rounds: int,
+                per_round: int, seed: int = 0) -> list[list[float]]:
+    """Seconds per round of each scorer: round r takes the next `per_round` pairs (wrapping around) and every
+    scorer scores them, in an order shuffled per round, so that a slow spell of a shared machine falls on all
+    of them alike. `times[i][r]` is scorer i's time in round r."""
+    times: list[list[float]] = [[] for _ in scorers]
+    rng = random.Random(seed)
+    for r in range(rounds):
+        start = (r * per_round) % len(pairs)
+        chunk = list(pairs[start:start + per_round])
+        if len(chunk) < per_round:
+            chunk += list(pairs[:per_round - len(chunk)])
+        order = list(range(len(scorers)))
+        rng.shuffle(order)
+        for i in order:
+            t = time.perf_counter()
+            scorers[i](chunk)
+            times[i].append(time.perf_counter() - t)
+    return times
+
+
+def median_ratio(base: Sequence[float], other: Sequence[float]) -> float:
+    """Median over rounds of base's time / other's time: how many times faster `other` ran, round by round."""
+    return statistics.median(b / t for b, t in zip(base, other))

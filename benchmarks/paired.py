@@ -12,9 +12,9 @@ artifact may appear with several settings).
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
-import time
+
+from common import interleaved, median_ratio
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,20 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     pairs = make_workload(args.workload, lambda t: len(tok.encode(t, add_special_tokens=False).ids))
     for rr in rerankers:  # warm-up
         rr.score_pairs(pairs[:args.pairs])
-    times: list[list[float]] = [[] for _ in rerankers]
-    rng = random.Random(0)
-    for r in range(args.rounds):
-        start = (r * args.pairs) % len(pairs)
-        chunk = pairs[start:start + args.pairs]
-        order = list(range(len(rerankers)))
-        rng.shuffle(order)
-        for i in order:
-            t = time.perf_counter()
-            rerankers[i].score_pairs(chunk)
-            times[i].append(time.perf_counter() - t)
+    times = interleaved([rr.score_pairs for rr in rerankers], pairs, rounds=args.rounds, per_round=args.pairs)
     print(f"workload {args.workload}: {args.rounds} rounds of {args.pairs} pairs")
     for name, ts in zip(args.artifacts, times):
-        speed = statistics.median(b / t for b, t in zip(times[0], ts))
+        speed = median_ratio(times[0], ts)
         print(f"{name}: median {1000 * statistics.median(ts):.0f} ms per round, speed vs the first {speed:.3f}x")
     return 0
 

@@ -20,6 +20,13 @@ the share of the fp32 (torch) and int8 (onnxruntime DynamicQuantizeMatMul) GEMM 
 and writes throughput.json, throughput.md and
 throughput.png.
 
+`--rounds N` measures instead in interleaved rounds, for a machine whose speed drifts between engines run one
+after the other: every engine is loaded first, then round r has every engine score the same next
+`--round-pairs` pairs of a workload, in an order shuffled per round. Speed is the median round time; each
+engine's ratio to the recipe and to the fastest peer (the fastest engine that is neither qrr's nor the recipe)
+is the median over rounds of the per-round ratio, so a slow spell falls on both sides of it. Peak RSS is
+then the whole run's, and each engine's load growth is given beside it.
+
 Work per pair is counted as the Qwen3 body's FLOPs on the pair's full prompt (2 × weights × tokens plus
 causal attention), the same figure for every engine: qrr's prefix reuse shows as a higher share.
 """
@@ -29,13 +36,14 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from peers import Skip
-from common import ensure_artifact, ensure_standin, save
+from common import ensure_artifact, ensure_standin, interleaved, median_ratio, save
 
 Pair = tuple[str, str]
 Scorer = Callable[[Sequence[Pair]], Sequence[float]]
@@ -150,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", nargs="+", default=["A", "B", "C"], choices=["A", "B", "C"])
     parser.add_argument("--threads", type=int, default=None, help="default: physical cores")
     parser.add_argument("--repeat", type=int, default=1, help="timed runs per workload (best kept)")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="interleave the engines over this many rounds per workload (0: one engine after another)")
+    parser.add_argument("--round-pairs", type=int, default=8, help="pairs per round with --rounds")
     parser.add_argument("--work", type=Path, default=Path("out/throughput"), help="stand-in and artifacts")
     parser.add_argument("--out", type=Path, default=Path("out/throughput"))
     parser.add_argument("--optimum-onnx", type=Path, default=None, help="folder of `optimum-cli export onnx`")
@@ -161,7 +172,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from qrr.runtime.bench import WORKLOADS, make_workload
     from qrr.runtime.reranker import physical_cores
-    from qrr.runtime.timing import PeakRSS, timed
     from tokenizers import Tokenizer
 
     args.threads = args.threads or physical_cores()
@@ -193,6 +203,49 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: {exc}", flush=True)
     gc.collect()
 
+    if args.rounds:
+        rows = run_interleaved(args, workloads, work, peak, peak8)
+    else:
+        rows = run_sequential(args, workloads, work, peak, peak8)
+
+    base = next((r for r in rows if r["engine"] == "recipe" and "workloads" in r), None)
+    for r in rows:
+        for w, v in r.get("workloads", {}).items():
+            v["vs_recipe"] = v.get("vs_recipe_paired", v["pairs_per_s"] / base["workloads"][w]["pairs_per_s"]
+                                   if base else None)
+    result = {"checkpoint": str(args.checkpoint), "threads": args.threads, "gemm_peak_gflops": peak,
+              "interleaved": {"rounds": args.rounds, "round_pairs": args.round_pairs} if args.rounds else None,
+              "int8_gemm_peak_gflops": peak8,
+              "workloads": {w: WORKLOADS[w] for w in workloads}, "rows": rows}
+    header = ["engine", "workload", "pairs/s", "ms/pair", "vs recipe", "vs fastest peer", "fp32 GEMM peak share",
+              "int8 GEMM peak share", "process peak RSS MiB", "RSS growth MiB"]
+    table = []
+    for r in rows:
+        if "skipped" in r:
+            table.append([r["engine"], "—", "skipped: " + r["skipped"], "", "", "", "", "", "", ""])
+            continue
+        for w, v in r["workloads"].items():
+            ratio = f"{v['vs_recipe']:.2f}x" if v["vs_recipe"] else "—"
+            peer = f"{v['vs_fastest_peer']:.2f}x ({v['fastest_peer']})" if "vs_fastest_peer" in v else "—"
+            table.append([r["engine"], w, f"{v['pairs_per_s']:.2f}", f"{v['ms_per_pair']:.0f}", ratio, peer,
+                          f"{100 * v['peak_share']:.0f}%", f"{100 * v['int8_peak_share']:.0f}%",
+                          f"{r['peak_rss_mib']:.0f}", f"{r['rss_growth_mib']:.0f}"])
+    save(args.out, "throughput", result, header, table)
+    chart(rows, list(workloads), args.out / "throughput.png")
+    return 0
+
+
+def shares(work: float, seconds: float, pairs: int, peak: float, peak8: float) -> dict[str, float]:
+    """Effective GFLOP/s of `work` FLOPs in `seconds`, and its shares of the two GEMM peaks."""
+    gflops = work / seconds / 1e9
+    return {"pairs": pairs, "seconds": seconds, "pairs_per_s": pairs / seconds, "ms_per_pair": 1000 * seconds / pairs,
+            "gflops": gflops, "peak_share": gflops / peak, "int8_peak_share": gflops / peak8}
+
+
+def run_sequential(args, workloads: dict, work: dict, peak: float, peak8: float) -> list[dict]:
+    """Each engine loaded, warmed up and timed on every workload, one engine after the other."""
+    from qrr.runtime.timing import PeakRSS, timed
+
     rows = []
     for name in args.engines:
         gc.collect()
@@ -221,34 +274,55 @@ def main(argv: list[str] | None = None) -> int:
         row = {"engine": name, "load_s": load_s, "peak_rss_mib": mem.peak_mib,
                "rss_growth_mib": (mem.peak - mem.start) / 2**20, "workloads": {}}
         for w, t in results.items():
-            row["workloads"][w] = {"pairs": t.pairs, "seconds": t.best_s, "pairs_per_s": t.pairs_per_s,
-                                   "ms_per_pair": t.ms_per_pair, "gflops": work[w] / t.best_s / 1e9,
-                                   "peak_share": work[w] / t.best_s / 1e9 / peak,
-                                   "int8_peak_share": work[w] / t.best_s / 1e9 / peak8}
+            row["workloads"][w] = shares(work[w], t.best_s, t.pairs, peak, peak8)
         rows.append(row)
+    return rows
 
-    base = next((r for r in rows if r["engine"] == "recipe" and "workloads" in r), None)
+def run_interleaved(args, workloads: dict, work: dict, peak: float, peak8: float) -> list[dict]:
+    """Every engine loaded at once, then timed in interleaved rounds on each workload (see the docstring)."""
+    from qrr.runtime.timing import PeakRSS
+
+    loaded, rows = {}, []
+    with PeakRSS() as run_mem:
+        for name in args.engines:
+            gc.collect()
+            with PeakRSS() as mem:
+                try:
+                    start = time.perf_counter()
+                    loaded[name] = load_engine(name, args)
+                    load_s = time.perf_counter() - start
+                except Skip as exc:
+                    print(f"{name}: skipped ({exc})", flush=True)
+                    rows.append({"engine": name, "skipped": str(exc)})
+                    continue
+            rows.append({"engine": name, "load_s": load_s, "rss_growth_mib": (mem.peak - mem.start) / 2**20,
+                         "workloads": {}})
+        names = list(loaded)
+        for w, pairs in workloads.items():
+            k = min(args.round_pairs, len(pairs))
+            for name in names:  # warm-up: first-run allocations and kernels
+                loaded[name](pairs[:2])
+            times = interleaved([loaded[n] for n in names], pairs, rounds=args.rounds, per_round=k)
+            per_pair = work[w] / len(pairs)
+            for name, ts in zip(names, times):
+                row = next(r for r in rows if r["engine"] == name)
+                med = sorted(ts)[len(ts) // 2]
+                row["workloads"][w] = {**shares(per_pair * k, med, k, peak, peak8), "rounds": args.rounds,
+                                       "round_seconds": ts}
+                print(f"{name} {w}: {k / med:.3f} pairs/s (median of {args.rounds} rounds of {k})", flush=True)
+            peers_ = [n for n in names if not n.startswith(("qrr-", "recipe"))]
+            fastest = max(peers_, key=lambda n: statistics.median(k / t for t in times[names.index(n)]), default=None)
+            for name, ts in zip(names, times):
+                v = next(r for r in rows if r["engine"] == name)["workloads"][w]
+                if "recipe" in names:
+                    v["vs_recipe_paired"] = median_ratio(times[names.index("recipe")], ts)
+                if fastest:
+                    v["fastest_peer"] = fastest
+                    v["vs_fastest_peer"] = median_ratio(times[names.index(fastest)], ts)
     for r in rows:
-        for w, v in r.get("workloads", {}).items():
-            v["vs_recipe"] = v["pairs_per_s"] / base["workloads"][w]["pairs_per_s"] if base else None
-    result = {"checkpoint": str(args.checkpoint), "threads": args.threads, "gemm_peak_gflops": peak,
-              "int8_gemm_peak_gflops": peak8,
-              "workloads": {w: WORKLOADS[w] for w in workloads}, "rows": rows}
-    header = ["engine", "workload", "pairs/s", "ms/pair", "vs recipe", "fp32 GEMM peak share", "int8 GEMM peak share",
-              "process peak RSS MiB", "RSS growth MiB"]
-    table = []
-    for r in rows:
-        if "skipped" in r:
-            table.append([r["engine"], "—", "skipped: " + r["skipped"], "", "", "", "", "", ""])
-            continue
-        for w, v in r["workloads"].items():
-            ratio = f"{v['vs_recipe']:.2f}x" if v["vs_recipe"] else "—"
-            table.append([r["engine"], w, f"{v['pairs_per_s']:.2f}", f"{v['ms_per_pair']:.0f}", ratio,
-                          f"{100 * v['peak_share']:.0f}%", f"{100 * v['int8_peak_share']:.0f}%",
-                          f"{r['peak_rss_mib']:.0f}", f"{r['rss_growth_mib']:.0f}"])
-    save(args.out, "throughput", result, header, table)
-    chart(rows, list(workloads), args.out / "throughput.png")
-    return 0
+        if "workloads" in r:
+            r["peak_rss_mib"] = run_mem.peak_mib
+    return rows
 
 
 def chart(rows: list[dict], workloads: list[str], path: Path) -> None:
