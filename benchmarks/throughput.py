@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="timed runs per workload (best kept)")
     parser.add_argument("--rounds", type=int, default=0,
                         help="interleave the engines over this many rounds per workload (0: one engine after another)")
-    parser.add_argument("--round-pairs", type=int, default=8, help="pairs per round with --rounds")
+    parser.add_argument("--round-pairs", nargs="+", default=["8"], metavar="N|W=N",
+                        help="pairs per round with --rounds: one number for every workload, or per workload (A=8 B=2)")
     parser.add_argument("--work", type=Path, default=Path("out/throughput"), help="stand-in and artifacts")
     parser.add_argument("--out", type=Path, default=Path("out/throughput"))
     parser.add_argument("--optimum-onnx", type=Path, default=None, help="folder of `optimum-cli export onnx`")
@@ -169,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--genai-int8", type=Path, default=None, help="the same with --weight-format int8")
     parser.add_argument("--gguf", type=Path, default=None, help="Q8_0 GGUF from convert_hf_to_gguf.py")
     args = parser.parse_args(argv)
+    try:
+        args.round_pairs = round_pairs(args.round_pairs, args.workloads)
+    except ValueError as exc:
+        parser.error(str(exc))
 
     from qrr.runtime.bench import WORKLOADS, make_workload
     from qrr.runtime.reranker import physical_cores
@@ -235,6 +240,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def round_pairs(given: list[str], workloads: list[str]) -> dict[str, int]:
+    """--round-pairs as {workload: pairs per round}: ["8"] for all, or ["A=8", "B=2"] (the rest 8)."""
+    sizes = {w: 8 for w in workloads}
+    for item in given:
+        name, _, value = item.rpartition("=")
+        if name and name not in sizes:
+            raise ValueError(f"--round-pairs names workload {name!r}, which is not among {workloads}")
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"--round-pairs takes positive numbers (N or W=N), got {item!r}")
+        sizes.update({name: int(value)} if name else dict.fromkeys(sizes, int(value)))
+    return sizes
+
+
 def shares(work: float, seconds: float, pairs: int, peak: float, peak8: float) -> dict[str, float]:
     """Effective GFLOP/s of `work` FLOPs in `seconds`, and its shares of the two GEMM peaks."""
     gflops = work / seconds / 1e9
@@ -299,7 +317,7 @@ def run_interleaved(args, workloads: dict, work: dict, peak: float, peak8: float
                          "workloads": {}})
         names = list(loaded)
         for w, pairs in workloads.items():
-            k = min(args.round_pairs, len(pairs))
+            k = min(args.round_pairs[w], len(pairs))
             for name in names:  # warm-up: first-run allocations and kernels
                 loaded[name](pairs[:2])
             times = interleaved([loaded[n] for n in names], pairs, rounds=args.rounds, per_round=k)
