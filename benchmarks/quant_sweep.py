@@ -3,7 +3,7 @@
 The family (qrr.export.standin.FAMILY) has activation outliers at every kind of matmul input (norm-fed
 channels, value channels, MLP intermediate channels) at factors 16–256, token-wise massive activations, and
 a plain member; each is trained briefly as a reranker on its own share of the built-in pairs. The schemes
-are the presets and the alternatives they were chosen against. Every member's figures are printed and
+are the presets (ONNX, and OpenVINO as ov-int8 / ov-int4) and the alternatives they were chosen against. Every member's figures are printed and
 written (the presets must pass the default gates and the quantization targets on every member).
 
     python benchmarks/quant_sweep.py --out benchmarks/results            # tiny shape, all members, all schemes
@@ -52,6 +52,9 @@ def schemes() -> dict[str, tuple[str, object]]:
         "int4-uniform": ("int4", dataclasses.replace(int4, eight_bit=(), embedding_bits=4)),
         "int4-gptq": ("int4", dataclasses.replace(int4, rounding="gptq")),
         "int4-nearest": ("int4", dataclasses.replace(int4, rounding="nearest")),
+        # the OpenVINO artifacts of the presets (`--format openvino`): the same folded weights, NNCF's rounding
+        "ov-int8": ("int8", int8),
+        "ov-int4": ("int4", int4),
     }
 
 
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("out/sweep"))
     args = parser.parse_args(argv)
 
-    from qrr.export import export_onnx, validate_artifact
+    from qrr.export import export_onnx, export_openvino, validate_artifact
     from qrr.export.progress import Progress
     from qrr.export.standin import make_family_member
 
@@ -90,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             precision, preset = table[name]
             art = args.work / f"a-{member}-{name}"
             shutil.rmtree(art, ignore_errors=True)
-            export_onnx(str(ckpt), art, quant=precision, preset=preset, validate=False, progress=Progress(enabled=False))
+            export = export_openvino if name.startswith("ov-") else export_onnx
+            export(str(ckpt), art, quant=precision, preset=preset, validate=False, progress=Progress(enabled=False))
             report = validate_artifact(art, str(ckpt), data=args.data, max_drop=1.0, write=False)
             m = report["metrics"]
             rows.append({"member": member, "scheme": name, "precision": precision, "preset": dataclasses.asdict(preset),
