@@ -3,8 +3,9 @@
 The family (qrr.export.standin.FAMILY) has activation outliers at every kind of matmul input (norm-fed
 channels, value channels, MLP intermediate channels) at factors 16–256, token-wise massive activations, and
 a plain member; each is trained briefly as a reranker on its own share of the built-in pairs. The schemes
-are the presets (ONNX, and OpenVINO as ov-int8 / ov-int4) and the alternatives they were chosen against. Every member's figures are printed and
-written (the presets must pass the default gates and the quantization targets on every member).
+are the presets (ONNX, and OpenVINO as ov-int8 / ov-int4) and the alternatives they were chosen against.
+Every member's figures are printed and written (the presets must pass the default gates and the
+quantization targets on every member).
 
     python benchmarks/quant_sweep.py --out benchmarks/results            # tiny shape, all members, all schemes
     python benchmarks/quant_sweep.py --members value-256x16 --schemes int8 int8-matmulnbits

@@ -216,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     base = next((r for r in rows if r["engine"] == "recipe" and "workloads" in r), None)
     for r in rows:
         for w, v in r.get("workloads", {}).items():
-            v["vs_recipe"] = v.get("vs_recipe_paired", v["pairs_per_s"] / base["workloads"][w]["pairs_per_s"]
-                                   if base else None)
+            if "vs_recipe" not in v:  # interleaved rounds give it as a median of per-round ratios
+                v["vs_recipe"] = v["pairs_per_s"] / base["workloads"][w]["pairs_per_s"] if base else None
     result = {"checkpoint": str(args.checkpoint), "threads": args.threads, "gemm_peak_gflops": peak,
               "interleaved": {"rounds": args.rounds, "round_pairs": args.round_pairs} if args.rounds else None,
               "int8_gemm_peak_gflops": peak8,
@@ -296,6 +296,7 @@ def run_sequential(args, workloads: dict, work: dict, peak: float, peak8: float)
         rows.append(row)
     return rows
 
+
 def run_interleaved(args, workloads: dict, work: dict, peak: float, peak8: float) -> list[dict]:
     """Every engine loaded at once, then timed in interleaved rounds on each workload (see the docstring)."""
     from qrr.runtime.timing import PeakRSS
@@ -316,32 +317,31 @@ def run_interleaved(args, workloads: dict, work: dict, peak: float, peak8: float
             rows.append({"engine": name, "load_s": load_s, "rss_growth_mib": (mem.peak - mem.start) / 2**20,
                          "workloads": {}})
         names = list(loaded)
+        timed_rows = {r["engine"]: r["workloads"] for r in rows if "workloads" in r}
         for w, pairs in workloads.items():
             k = min(args.round_pairs[w], len(pairs))
             for name in names:  # warm-up: first-run allocations and kernels
                 loaded[name](pairs[:2])
-            times = interleaved([loaded[n] for n in names], pairs, rounds=args.rounds, per_round=k)
+            times = dict(zip(names, interleaved([loaded[n] for n in names], pairs, rounds=args.rounds, per_round=k)))
             per_pair = work[w] / len(pairs)
-            for name, ts in zip(names, times):
-                row = next(r for r in rows if r["engine"] == name)
-                med = sorted(ts)[len(ts) // 2]
-                row["workloads"][w] = {**shares(per_pair * k, med, k, peak, peak8), "rounds": args.rounds,
-                                       "round_seconds": ts}
-                print(f"{name} {w}: {k / med:.3f} pairs/s (median of {args.rounds} rounds of {k})", flush=True)
+            for name, ts in times.items():
+                timed_rows[name][w] = {**shares(per_pair * k, statistics.median(ts), k, peak, peak8),
+                                       "rounds": args.rounds, "round_seconds": ts}
+                print(f"{name} {w}: {timed_rows[name][w]['pairs_per_s']:.3f} pairs/s (median of {args.rounds} rounds "
+                      f"of {k})", flush=True)
             peers_ = [n for n in names if not n.startswith(("qrr-", "recipe"))]
-            fastest = max(peers_, key=lambda n: statistics.median(k / t for t in times[names.index(n)]), default=None)
-            for name, ts in zip(names, times):
-                v = next(r for r in rows if r["engine"] == name)["workloads"][w]
-                if "recipe" in names:
-                    v["vs_recipe_paired"] = median_ratio(times[names.index("recipe")], ts)
+            fastest = max(peers_, key=lambda n: timed_rows[n][w]["pairs_per_s"], default=None)
+            for name, ts in times.items():
+                v = timed_rows[name][w]
+                if "recipe" in times:
+                    v["vs_recipe"] = median_ratio(times["recipe"], ts)
                 if fastest:
                     v["fastest_peer"] = fastest
-                    v["vs_fastest_peer"] = median_ratio(times[names.index(fastest)], ts)
+                    v["vs_fastest_peer"] = median_ratio(times[fastest], ts)
     for r in rows:
         if "workloads" in r:
             r["peak_rss_mib"] = run_mem.peak_mib
     return rows
-
 
 def chart(rows: list[dict], workloads: list[str], path: Path) -> None:
     try:
